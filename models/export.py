@@ -1,0 +1,169 @@
+"""Export a model's decoder to ONNX: ``prefill.onnx``, ``decode.onnx`` and ``vskip.json``.
+
+Files are written into a temporary sibling directory and moved into place only when all
+of them exist, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vskip_compile.errors import VskipError
+
+from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
+from .loading import LoadedModel, load_model, timed
+from .wrappers import (DecodeStep, PrefillDecoder, decode_input_names, output_names,
+                       prefill_input_names)
+
+SIDECAR = "vskip.json"
+SIDECAR_VERSION = 1
+# Above this many parameter bytes, weights go to external data (protobuf caps a file at 2 GB).
+EXTERNAL_DATA_BYTES = 256 * 2 ** 20
+SUPPORTED_OPSETS = (20, 23)
+
+# Sample sizes for tracing. torch.export specialises sizes 0 and 1, and the decode step
+# needs a query of at least 3 to stay dynamic (DESIGN.md section 5).
+_TRACE_BATCH, _TRACE_PAST, _TRACE_QUERY = 2, 5, 3
+
+
+def describe(loaded: LoadedModel, opset: int, all_logits: bool) -> dict:
+    """The sidecar: what a compiler or validator needs to know about the export."""
+    tc = loaded.text_config
+    family = loaded.family
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    layers = tc.num_hidden_layers
+    return {
+        "format": "vskip-export",
+        "version": SIDECAR_VERSION,
+        "family": family.model_type,
+        "source": loaded.source,
+        "seed": loaded.seed,
+        "num_layers": layers,
+        "hidden_size": tc.hidden_size,
+        "num_attention_heads": tc.num_attention_heads,
+        "num_key_value_heads": tc.num_key_value_heads,
+        "head_dim": head_dim,
+        "intermediate_size": tc.intermediate_size,
+        "vocab_size": tc.vocab_size,
+        "image_token_id": family.image_token_id(loaded.config),
+        "position_rank": family.position_rank,
+        "opset": opset,
+        "logits": "all" if all_logits else "last",
+        "prefill": {"file": "prefill.onnx", "inputs": prefill_input_names(family), "outputs": output_names(layers)},
+        "decode": {"file": "decode.onnx", "inputs": decode_input_names(layers), "outputs": output_names(layers)},
+    }
+
+
+def read_sidecar(graph_path: str | Path) -> dict | None:
+    path = Path(graph_path).parent / SIDECAR
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _trace_prompt(loaded: LoadedModel) -> Prompt:
+    return synthetic_prompt(loaded.family, loaded.config, [3, "image", 2], batch=_TRACE_BATCH, seed=1)
+
+
+def _prefill_dynamic_shapes(loaded: LoadedModel) -> dict:
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = {"inputs_embeds": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    shapes["position_ids"] = {0: batch, 1: seq} if loaded.family.position_rank == 1 else {1: batch, 2: seq}
+    axes = {"batch": batch, "seq": seq, "visual": torch.export.Dim("visual_rows")}
+    extras = {e.name: {axis: axes[kind] for axis, kind in e.dynamic.items()} for e in loaded.family.extra_inputs}
+    return {**shapes, "extras": tuple(extras.values())} if extras else shapes
+
+
+def _export_one(module, args, path: Path, input_names, output_names_, dynamic_shapes, opset, external):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=input_names, output_names=output_names_,
+            dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
+        )
+    program.save(str(path), external_data=external)
+
+
+def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: bool = False,
+                 force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print) -> dict:
+    """Export SOURCE's decoder to OUT_DIR; returns the sidecar dict."""
+    if opset not in SUPPORTED_OPSETS:
+        raise VskipError(f"--opset {opset} is not supported: choose 20 (decomposed attention) or 23 (Attention op)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VskipError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and (out_dir / SIDECAR).exists() and not force:
+        raise VskipError(f"{out_dir}: already holds an export; pass --force to overwrite it")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not parent.is_dir():
+        raise VskipError(f"{parent}: no such directory")
+    if not os.access(parent, os.W_OK) or (out_dir.is_dir() and not os.access(out_dir, os.W_OK)):
+        raise VskipError(f"{out_dir}: output directory is not writable")
+
+    with timed(progress, f"load {source}"):
+        loaded = load_model(source, seed=seed)
+    layers = loaded.text_config.num_hidden_layers
+    external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
+    sidecar = describe(loaded, opset, all_logits)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    try:
+        inputs = prepare_decoder_inputs(loaded.family, loaded.model, _trace_prompt(loaded))
+        prefill_args = tuple(inputs.feeds[name] for name in sidecar["prefill"]["inputs"])
+        with timed(progress, "trace prefill"), torch.no_grad():
+            _export_one(PrefillDecoder(loaded.family, loaded.model, all_logits), prefill_args,
+                        staging / "prefill.onnx", sidecar["prefill"]["inputs"], sidecar["prefill"]["outputs"],
+                        _prefill_dynamic_shapes(loaded), opset, external)
+        decode_args, decode_shapes = _decode_sample(loaded, inputs)
+        with timed(progress, "trace decode"), torch.no_grad():
+            _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
+                        sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset, external)
+        (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        with timed(progress, f"save {out_dir}"):
+            _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if progress:
+        progress(f"exported {loaded.family.model_type}: {layers} layers, opset {opset} -> {out_dir}")
+    return sidecar
+
+
+def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
+    """Sample decode inputs: a past of _TRACE_PAST rows and a query of _TRACE_QUERY tokens."""
+    family, layers = loaded.family, loaded.text_config.num_hidden_layers
+    tc = loaded.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    generator = torch.Generator().manual_seed(2)
+    past = [torch.randn(_TRACE_BATCH, tc.num_key_value_heads, _TRACE_PAST, head_dim, generator=generator)
+            for _ in range(2 * layers)]
+    ids = torch.randint(0, min(tc.vocab_size, 256), (_TRACE_BATCH, _TRACE_QUERY), generator=generator)
+    mask = torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_QUERY, dtype=torch.long)
+    step = torch.arange(_TRACE_QUERY).expand(_TRACE_BATCH, -1)
+    prior = torch.arange(_TRACE_PAST).expand(_TRACE_BATCH, -1)
+    if family.position_rank > 1:
+        prior = prior.unsqueeze(0).expand(family.position_rank, -1, -1)
+    positions = family.decode_position_ids(prior, step)
+    auto = torch.export.Dim.AUTO
+    shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
+              "position_ids": {0: auto, 1: auto} if family.position_rank == 1 else {1: auto, 2: auto},
+              "past": tuple({0: auto, 2: auto} for _ in past)}
+    return (ids, mask, positions, *past), shapes
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished files into OUT_DIR (created if needed), replacing old ones."""
+    if not out_dir.exists():
+        staging.chmod(0o755)  # mkdtemp creates it private; an export directory is not
+        os.rename(staging, out_dir)
+        staging.mkdir()  # so the caller's cleanup has something to remove
+        return
+    for item in staging.iterdir():
+        os.replace(item, out_dir / item.name)
