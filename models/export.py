@@ -6,8 +6,12 @@ of them exist, so a failed export leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import sys
 import shutil
 import tempfile
 import warnings
@@ -83,12 +87,24 @@ def _prefill_dynamic_shapes(loaded: LoadedModel) -> dict:
 
 
 def _export_one(module, args, path: Path, input_names, output_names_, dynamic_shapes, opset, external):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, dynamo=True, input_names=input_names, output_names=output_names_,
-            dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
-        )
+    """Trace and save one graph. The exporter's own chatter (stage banners on stdout,
+    warnings about optional torchvision ops) is held back and shown only if it fails."""
+    chatter = io.StringIO()
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, args, dynamo=True, input_names=input_names, output_names=output_names_,
+                dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
+            )
+    except Exception:
+        sys.stderr.write(chatter.getvalue())
+        raise
+    finally:
+        torch_onnx_log.setLevel(level)
     program.save(str(path), external_data=external)
 
 
@@ -108,13 +124,17 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     if not os.access(parent, os.W_OK) or (out_dir.is_dir() and not os.access(out_dir, os.W_OK)):
         raise VskipError(f"{out_dir}: output directory is not writable")
 
+    _check_writable(parent)
     with timed(progress, f"load {source}"):
         loaded = load_model(source, seed=seed)
     layers = loaded.text_config.num_hidden_layers
     external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
     sidecar = describe(loaded, opset, all_logits)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    except OSError as exc:
+        raise VskipError(f"{out_dir}: output directory is not writable ({exc.strerror})") from None
     try:
         inputs = prepare_decoder_inputs(loaded.family, loaded.model, _trace_prompt(loaded))
         prefill_args = tuple(inputs.feeds[name] for name in sidecar["prefill"]["inputs"])
@@ -134,6 +154,14 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     if progress:
         progress(f"exported {loaded.family.model_type}: {layers} layers, opset {opset} -> {out_dir}")
     return sidecar
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail before the slow load if nothing can be created in ``directory``."""
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise VskipError(f"{directory}: output directory is not writable ({exc.strerror})") from None
 
 
 def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
