@@ -109,8 +109,12 @@ def _export_one(module, args, path: Path, input_names, output_names_, dynamic_sh
 
 
 def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: bool = False,
-                 force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print) -> dict:
-    """Export SOURCE's decoder to OUT_DIR; returns the sidecar dict."""
+                 force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print,
+                 decode: bool = True) -> dict:
+    """Export SOURCE's decoder to OUT_DIR; returns the sidecar dict.
+
+    ``decode=False`` writes only the prefill graph (all that compiling needs).
+    """
     if opset not in SUPPORTED_OPSETS:
         raise VskipError(f"--opset {opset} is not supported: choose 20 (decomposed attention) or 23 (Attention op)")
     out_dir = Path(out_dir)
@@ -130,6 +134,8 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     layers = loaded.text_config.num_hidden_layers
     external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
     sidecar = describe(loaded, opset, all_logits)
+    if not decode:
+        del sidecar["decode"]
 
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
@@ -142,10 +148,12 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
             _export_one(PrefillDecoder(loaded.family, loaded.model, all_logits), prefill_args,
                         staging / "prefill.onnx", sidecar["prefill"]["inputs"], sidecar["prefill"]["outputs"],
                         _prefill_dynamic_shapes(loaded), opset, external)
-        decode_args, decode_shapes = _decode_sample(loaded, inputs)
-        with timed(progress, "trace decode"), torch.no_grad():
-            _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
-                        sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset, external)
+        if decode:
+            decode_args, decode_shapes = _decode_sample(loaded, inputs)
+            with timed(progress, "trace decode"), torch.no_grad():
+                _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
+                            sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset,
+                            external)
         (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
         with timed(progress, f"save {out_dir}"):
             _publish(staging, out_dir)

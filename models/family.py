@@ -126,6 +126,17 @@ class Family:
         """Turn the extra inputs back into text-model kwargs (inverse of capture_extras)."""
         return dict(extras)
 
+    def new_cache(self, text_config):
+        """The empty KV cache the prefill and decode wrappers hand the text model.
+
+        Default: transformers' own choice for the config. A family whose config makes
+        that cache drop rows (sliding-window layers) overrides this, because ``present.*``
+        must hold every row.
+        """
+        from transformers.cache_utils import DynamicCache
+
+        return DynamicCache(config=text_config)
+
     def decode_position_ids(self, prefill_positions: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Positions for ``step`` ([B, q] offsets 0..) after a prefill with the given positions.
 

@@ -45,7 +45,8 @@ def synthetic_prompt(family: Family, config, layout: Sequence[int | str], batch:
     """A prompt for the tiny presets: ``layout`` lists text runs (ints) and "image" items.
 
     Every row has the same layout with its own random text tokens and pixels; row b is
-    left-padded with ``left_pad[b]`` masked tokens.
+    left-padded with ``left_pad[b]`` masked tokens, and rows padded less than the most
+    get that many extra text tokens in front, so the rows really differ in padding.
     """
     generator = torch.Generator().manual_seed(seed)
     left_pad = list(left_pad or [0] * batch)
@@ -55,8 +56,10 @@ def synthetic_prompt(family: Family, config, layout: Sequence[int | str], batch:
     special = family.special_token_ids(config)
     allowed = torch.tensor([i for i in range(min(text_config.vocab_size, 256)) if i not in special])
     rows, images = [], []
-    for _ in range(batch):
-        ids, row_images = [], []
+    for b in range(batch):
+        lead = max(left_pad) - left_pad[b]
+        ids = allowed[torch.randint(len(allowed), (lead,), generator=generator)].tolist()
+        row_images = []
         for item in layout:
             if item == "image":
                 prompt: ImagePrompt = family.image_prompt(config, generator)
@@ -66,7 +69,7 @@ def synthetic_prompt(family: Family, config, layout: Sequence[int | str], batch:
                 ids += allowed[torch.randint(len(allowed), (int(item),), generator=generator)].tolist()
         rows.append(ids)
         images.append(row_images)
-    length = len(rows[0]) + max(left_pad)
+    length = len(rows[0]) + left_pad[0]
     pad_id = getattr(text_config, "pad_token_id", None) or 0
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)

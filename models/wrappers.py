@@ -48,7 +48,7 @@ class PrefillDecoder(torch.nn.Module):
         text_model = self.family.text_model(self.model)
         extra = dict(zip((e.name for e in self.family.extra_inputs), extras))
         kwargs = {"attention_mask": attention_mask, **self.family.decoder_kwargs(extra)}
-        cache = DynamicCache(config=text_model.config)
+        cache = self.family.new_cache(text_model.config)
         out = text_model(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache,
                          use_cache=True, **kwargs)
         hidden = out.last_hidden_state if self.all_logits else out.last_hidden_state[:, -1:, :]
@@ -65,7 +65,7 @@ class DecodeStep(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         text_model = self.family.text_model(self.model)
-        cache = DynamicCache(config=text_model.config)
+        cache = self.family.new_cache(text_model.config)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
         embeds = text_model.get_input_embeddings()(input_ids)

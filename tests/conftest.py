@@ -30,16 +30,21 @@ def export_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(export_root):
-    """exported(family, opset) -> directory with prefill.onnx, decode.onnx, vskip.json."""
+    """exported(family, opset, decode) -> directory with prefill.onnx, vskip.json and, when
+    ``decode`` (default: opset 20 only, to keep the suite short), decode.onnx."""
     from vskip_compile.models.export import export_model
 
-    def get(family: str, opset: int = 20):
-        key = (family, opset)
-        if key not in _exports:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                export_model(f"tiny:{family}", export_root / f"{family}-{opset}", opset=opset, progress=None)
-            _exports[key] = export_root / f"{family}-{opset}"
-        return _exports[key]
+    def get(family: str, opset: int = 20, decode: bool | None = None):
+        decode = opset == 20 if decode is None else decode
+        for key in ((family, opset, True), (family, opset, decode)):
+            if key in _exports:
+                return _exports[key]
+        key = (family, opset, decode)
+        directory = export_root / f"{family}-{opset}{'' if decode else '-prefill'}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_model(f"tiny:{family}", directory, opset=opset, progress=None, decode=decode)
+        _exports[key] = directory
+        return directory
 
     return get

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import VskipError
+from .plan import Action
 
 
 class Command:
@@ -43,6 +44,7 @@ class Export(Command):
                             help="20: decomposed attention (default); 23: Attention + RMSNormalization ops")
         parser.add_argument("--all-logits", action="store_true",
                             help="output logits for every position (default: last position only)")
+        parser.add_argument("--prefill-only", action="store_true", help="skip decode.onnx (compiling needs only prefill)")
         parser.add_argument("--seed", type=int, default=0, help="seed of a tiny preset's random weights")
         parser.add_argument("--force", action="store_true", help="overwrite an existing export in DIR")
 
@@ -50,7 +52,7 @@ class Export(Command):
         from .models.export import export_model
 
         export_model(args.source, args.output, opset=args.opset, all_logits=args.all_logits,
-                     force=args.force, seed=args.seed, progress=_progress)
+                     force=args.force, seed=args.seed, progress=_progress, decode=not args.prefill_only)
         return 0
 
 
@@ -66,35 +68,104 @@ class Run(Command):
         parser.add_argument("model", metavar="MODEL.onnx")
         parser.add_argument("--inputs", required=True, metavar="FEEDS.npz")
         parser.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+        parser.add_argument("--visual-rows", metavar="RANGES",
+                            help="visual rows of a compiled graph's prompt, as half-open ranges: 5:21,30:46")
         parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
         parser.add_argument("--force", action="store_true", help="overwrite OUT.npz if it exists")
 
     def run(self, args):
-        from .runner import run_graph
         from .npz import read_npz, write_npz_atomic
+        from .runner import make_session, run_session
+        from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds
 
         output = Path(args.output)
         if output.exists() and not args.force:
             raise VskipError(f"{output}: exists; pass --force to overwrite it")
         feeds = read_npz(args.inputs)
-        outputs = run_graph(args.model, feeds, threads=args.threads)
+        session = make_session(args.model, args.threads)
+        wanted = [i.name for i in session.get_inputs() if i.name in ROW_INPUTS]
+        if args.visual_rows is not None:
+            if not wanted:
+                raise VskipError(f"{args.model}: not a compiled graph; --visual-rows applies only to compiled graphs")
+            length = _sequence_length(feeds)
+            feeds.update(row_feeds(parse_ranges(args.visual_rows, length), wanted))
+        elif wanted and not all(name in feeds for name in wanted):
+            raise VskipError(f"{args.model} is compiled: pass --visual-rows (or {', '.join(wanted)} in the feeds)")
+        outputs = run_session(session, feeds)
         write_npz_atomic(output, outputs)
         _progress(f"wrote {len(outputs)} outputs to {output}")
         return 0
 
 
 class Compile(Command):
-    """Compile a decoder graph with a skip plan (vskip-compile MODEL.onnx --plan PLAN.json)."""
+    """Compile a decoder graph with a skip plan: vskip-compile MODEL.onnx --plan PLAN.json [-o OUT.onnx].
+
+    PLAN.json is a vskip plan or an OpSkip policy file. The compiled graph takes the same
+    inputs as MODEL.onnx plus the live-row inputs (vskip_text_rows, and vskip_suffix_rows
+    for freeze_scope prefix_through_visual); see `vskip run --visual-rows`.
+    """
 
     name = "compile"
 
     def add_arguments(self, parser):
         parser.add_argument("model", metavar="MODEL.onnx")
         parser.add_argument("--plan", required=True, metavar="PLAN.json")
-        parser.add_argument("-o", "--output", metavar="OUT.onnx")
+        parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL")
+        parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists")
 
     def run(self, args):
-        raise VskipError("compile is not built yet: the graph rewrite lands with the compiler issue")
+        from .compile import compile_model
+
+        report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress)
+        _progress(report.table)
+        for index, action in enumerate(report.actions):
+            if action is not Action.FULL:
+                _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added)")
+        _progress(report.summary())
+        return 0
+
+
+class Validate(Command):
+    """Compare a graph (compiled or vanilla) with the PyTorch reference under a skip plan.
+
+    The model is the one the graph was exported from (the vskip.json sidecar beside it)
+    unless --model names one; the plan is --plan, else the one a compiled graph records,
+    else the empty plan. Exits 0 when every output is within --atol, 1 otherwise.
+    """
+
+    name = "validate"
+
+    def add_arguments(self, parser):
+        parser.add_argument("graph", metavar="GRAPH.onnx")
+        parser.add_argument("--plan", metavar="PLAN.json")
+        parser.add_argument("--model", metavar="SOURCE", help="checkpoint directory or tiny:<model_type>")
+        parser.add_argument("--inputs", metavar="FEEDS.npz", help="feeds to use instead of a generated prompt")
+        parser.add_argument("--visual-rows", metavar="RANGES", help="visual rows of --inputs, e.g. 5:21,30:46")
+        parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4, fp32)")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def run(self, args):
+        from .validate import validate
+
+        report = validate(args.graph, args.plan, args.model, args.inputs, args.visual_rows, args.atol)
+        print(report.to_json() if args.json else report.table())
+        return 0 if report.passed else 1
+
+
+class Inspect(Command):
+    """Find every decoder layer of an ONNX graph by structure and print a table of them."""
+
+    name = "inspect"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx")
+
+    def run(self, args):
+        from .compile import load_graph
+        from .passes.locate import format_table, locate_model
+
+        print(format_table(locate_model(load_graph(args.model))))
+        return 0
 
 
 class Demo(Command):
@@ -111,7 +182,14 @@ class Demo(Command):
         return 0 if run_demo(args.workdir)["ok"] else 1
 
 
-COMMANDS = [Demo(), Export(), Run(), Compile()]
+COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Run()]
+
+
+def _sequence_length(feeds) -> int:
+    for name, axis in (("inputs_embeds", 1), ("attention_mask", 1), ("input_ids", 1)):
+        if name in feeds and feeds[name].ndim > axis:
+            return int(feeds[name].shape[axis])
+    raise VskipError("cannot tell the sequence length: the feeds have no inputs_embeds or attention_mask")
 
 
 def _progress(message: str) -> None:

@@ -1,4 +1,5 @@
-"""The end-to-end demo: export a tiny Qwen2-VL, run it on ONNX Runtime, compare with PyTorch."""
+"""The end-to-end demo: export a tiny Qwen2-VL, run it on ONNX Runtime, compare with PyTorch,
+then compile it with the shipped example plan and check it against the PyTorch skip reference."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 DEMO_SOURCE = "tiny:qwen2_vl"
 DEMO_LAYOUT = [6, "image", 5, "image", 8]  # text, image, text, image, text
 DECODE_STEPS = 4
+EXAMPLE_PLAN = Path(__file__).parent / "plans" / "example_tiny.json"
 
 
 def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> dict:
@@ -22,18 +24,20 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
     from .models.inputs import prepare_decoder_inputs, synthetic_prompt
     from .models.loading import load_model
     from .models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
+    from .compile import compile_model
     from .runner import make_session, run_session
+    from .validate import validate
 
     with tempfile.TemporaryDirectory(prefix="vskip-demo-") as scratch:
         out_dir = Path(workdir or scratch) / "tiny-qwen2-vl"
-        say(f"[1/3] export {DEMO_SOURCE} -> {out_dir}")
+        say(f"[1/4] export {DEMO_SOURCE} -> {out_dir}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_model(DEMO_SOURCE, out_dir, force=True, progress=lambda m: say(f"      {m}"))
         loaded = load_model(DEMO_SOURCE)
         family = loaded.family
 
-        say("[2/3] prefill on ONNX Runtime vs PyTorch (fp32)")
+        say("[2/4] prefill on ONNX Runtime vs PyTorch (fp32)")
         prompt = synthetic_prompt(family, loaded.config, DEMO_LAYOUT, seed=123)
         inputs = prepare_decoder_inputs(family, loaded.model, prompt)
         feeds = {k: v.numpy() for k, v in inputs.feeds.items()}
@@ -47,7 +51,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
         say(f"      {prompt.input_ids.shape[1]} rows ({visual} visual, 2 images); "
             f"logits max |err| {logits_err:.2e}, K/V max |err| {cache_err:.2e}")
 
-        say(f"[3/3] {DECODE_STEPS} greedy decode steps on ONNX Runtime vs PyTorch")
+        say(f"[3/4] {DECODE_STEPS} greedy decode steps on ONNX Runtime vs PyTorch")
         decode = make_session(out_dir / "decode.onnx")
         step = DecodeStep(family, loaded.model)
         ort_cache = [ort_out[n] for n in names[1:]]
@@ -72,6 +76,18 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
             ref_token = int(r[0][0, -1].argmax())
         say(f"      ONNX Runtime tokens {ort_tokens}; PyTorch tokens {ref_tokens}; "
             f"{'identical' if ort_tokens == ref_tokens else 'DIFFERENT'}")
-        ok = logits_err <= 1e-4 and cache_err <= 1e-4 and ort_tokens == ref_tokens
+
+        say(f"[4/4] compile with {EXAMPLE_PLAN.name} and validate against the PyTorch skip reference")
+        compiled = out_dir / "prefill.vskip.onnx"
+        report = compile_model(out_dir / "prefill.onnx", EXAMPLE_PLAN, compiled, force=True)
+        say("      " + report.table.replace("\n", "\n      "))
+        for index, action in enumerate(report.actions):
+            say(f"      layer {index}: {action.value}")
+        say(f"      nodes {report.nodes_before} -> {report.nodes_after}, compiled in {report.seconds:.2f} s")
+        check = validate(compiled)
+        say("      " + check.table().replace("\n", "\n      "))
+
+        ok = logits_err <= 1e-4 and cache_err <= 1e-4 and ort_tokens == ref_tokens and check.passed
         say(f"result: {'PASS' if ok else 'FAIL'} (tolerance 1e-4 absolute)")
-        return {"logits_err": logits_err, "cache_err": cache_err, "tokens_match": ort_tokens == ref_tokens, "ok": ok}
+        return {"logits_err": logits_err, "cache_err": cache_err, "tokens_match": ort_tokens == ref_tokens,
+                "compiled_max_err": check.smallest_passing_atol, "ok": ok}

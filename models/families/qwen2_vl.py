@@ -52,10 +52,10 @@ class Qwen2VL(QwenVLBase):
                 hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
                 rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
+                bos_token_id=1, eos_token_id=2, pad_token_id=0,
             ),
             vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
                                patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
-            bos_token_id=1, eos_token_id=2, pad_token_id=0,
             image_token_id=300, video_token_id=301, vision_start_token_id=302, vision_end_token_id=303,
             tie_word_embeddings=False,
         )

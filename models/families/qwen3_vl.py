@@ -1,0 +1,68 @@
+"""Qwen3-VL: Qwen-VL prompts and M-RoPE, plus DeepStack.
+
+The vision tower also returns features from some of its blocks; the text model adds
+feature ``i`` to the visual rows' hidden states after decoder layer ``i``. The decoder
+therefore needs two extra prefill inputs, or it differs from the full model:
+
+* ``visual_pos_masks`` [B, S] bool: which rows receive DeepStack features;
+* ``deepstack_visual_embeds`` [num_deepstack_layers, num_visual_rows, hidden]: the
+  features in row-major order of the mask's True entries (the text model takes a list of
+  [num_visual_rows, hidden] tensors; one stacked graph input keeps the input count fixed).
+
+Decode steps have no visual rows and need neither. Text layers add per-head q_norm /
+k_norm, which are row-wise and change nothing for the row split. The text model accepts
+3 x B x S positions (4 x B x S would prepend text positions for packed sequences, which
+the full model never passes here), and rotates with interleaved M-RoPE whose
+``mrope_section`` must sum to head_dim / 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..family import ExtraInput, register
+from .qwen2_vl import QwenVLBase
+
+
+@register
+class Qwen3VL(QwenVLBase):
+    model_type = "qwen3_vl"
+    extra_inputs = (
+        ExtraInput("visual_pos_masks", {0: "batch", 1: "seq"}, torch.bool),
+        ExtraInput("deepstack_visual_embeds", {1: "visual"}, torch.float32),
+    )
+
+    def model_class(self):
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
+
+    def tiny_config(self):
+        from transformers import Qwen3VLConfig
+
+        return Qwen3VLConfig(
+            text_config=dict(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, vocab_size=320, max_position_embeddings=1024,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                # Interleaved M-RoPE over head_dim / 2 = 8 frequencies: 4 temporal, 2 height, 2 width.
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+                                 "mrope_interleaved": True},
+            ),
+            # Two blocks, both DeepStack sources, so the decoder injects after layers 0 and 1.
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                               num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
+            image_token_id=300, video_token_id=301, vision_start_token_id=302, vision_end_token_id=303,
+            tie_word_embeddings=False,
+        )
+
+    def capture_extras(self, kwargs):
+        masks, embeds = kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds")
+        if masks is None or embeds is None:
+            raise ValueError("qwen3_vl: the prompt has no images, so there are no DeepStack inputs to capture")
+        return {"visual_pos_masks": masks.bool(), "deepstack_visual_embeds": torch.stack(list(embeds), dim=0)}
+
+    def decoder_kwargs(self, extras):
+        return {"visual_pos_masks": extras["visual_pos_masks"],
+                "deepstack_visual_embeds": list(extras["deepstack_visual_embeds"].unbind(0))}

@@ -1,0 +1,684 @@
+"""Locate: find every decoder layer of a prefill graph by structure.
+
+A pre-norm decoder layer, whichever exporter wrote it, is two residual Adds on one stream::
+
+    h ─┬───────────────────────────────────────────────────┐
+       └─ norm ─ q/k/v proj ─ [q/k norm, RoPE] ─ core ─ o_proj ─ [post-norm | bias] ─ Add ─ mid
+                              K, V ─► present.{i}.key / present.{i}.value       (graph outputs)
+    mid ─┬─────────────────────────────────────────┐
+         └─ norm ─ MLP ─ down_proj ─ [post-norm | bias] ─ Add ─ h'   (the next layer's h)
+
+    core:  scores MatMul(q, K^T) ─ [scale, mask Add/Where] ─ Softmax ─ [NaN guard] ─ MatMul(·, V)
+           (decomposed attention, opset <= 22)  |  one ONNX ``Attention`` node (opset 23)
+
+The walk starts at a float graph input (``inputs_embeds``) or at an embedding Gather, and
+follows the stream from layer to layer: a residual Add is an Add with the stream on one
+side and, on the other, a branch that ends (through optional norm / bias ops) in a MatMul
+whose weight is a 2-D constant. The attention Add's branch leads back from o_proj's input
+to an attention core whose query derives from h; the FFN Add's branch derives from mid
+and holds no attention. No-op Cast/Identity nodes (legacy exports) are looked through.
+
+This pass changes nothing. It returns a :class:`DecoderStructure` (one :class:`LayerMatch`
+per layer, in order) for the passes that do, and :func:`format_table` renders it.
+
+Requires: a pre-norm decoder (Llama/Qwen/Gemma-style) with self-attention; weights as
+initializers or Constant nodes (values are never read, only ranks, so external data may
+be left unloaded). Names decide nothing: node names and ``pkg.torch.onnx.name_scopes``
+only decorate messages and the ``module_path`` column.
+
+Does not handle (raises :class:`LocateError`): MoE FFNs (no 2-D down_proj), parallel
+attention+MLP blocks, cross-attention layers, ONNX Runtime contrib fusions
+(GroupQueryAttention, SkipSimplifiedLayerNormalization, ...), quantized MatMulNBits
+weights, ONNX functions / If / Loop subgraphs around layers.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from vskip_compile.errors import VskipError
+
+
+class LocateError(VskipError):
+    """The decoder layers could not be found; the message says what was expected where."""
+
+
+# Op families the walks look through. Each walk is a short loop over one of these sets.
+NOOP = {"Cast", "Identity"}                                   # structurally transparent
+NORMS = {"RMSNormalization", "LayerNormalization", "SimplifiedLayerNormalization"}  # data = input 0
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
+HEAD_MERGE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"} | NOOP   # core -> o_proj
+KV_PATH = {"Reshape", "Transpose", "Expand", "Unsqueeze", "Squeeze", "Tile"} | NOOP  # present -> core
+PROBS = {"Dropout", "Where"} | NOOP                           # Softmax -> PV MatMul (NaN guard)
+WEIGHT_PATH = {"Transpose", "DequantizeLinear"} | NOOP        # initializer -> MatMul input 1
+GAP_OPS = {"Add", "Mul", "Where", "ScatterND", "ScatterElements"}  # between layers (DeepStack)
+
+MAX_TAIL = 16       # nodes between a projection and its residual Add (post-norm, bias, casts)
+MAX_HEAD_MERGE = 12  # nodes between the core output and o_proj
+MAX_SCORES = 10     # nodes between the scores MatMul and the Softmax
+MAX_GAP = 4         # nodes between one layer's output and the next layer's input
+MAX_VISIT = 50_000  # nodes one derivation search may visit
+
+
+@dataclass
+class AttentionCore:
+    """The S x S part of a layer: everything else in the layer is row-wise."""
+
+    kind: str                 # "softmax" (decomposed) or "attention_op" (ONNX Attention)
+    query: gs.Variable        # input 0 of the scores MatMul / of Attention
+    key: gs.Variable          # input 1 of the scores MatMul (K^T, GQA-expanded) / of Attention
+    value: gs.Variable        # input 1 of the PV MatMul / input 2 of Attention
+    masks: list[gs.Tensor]    # additive or boolean masks entering the core
+    output: gs.Variable       # the PV MatMul's / Attention's output
+    nodes: list[gs.Node]      # scores MatMul ... PV MatMul, or [Attention], in graph order
+
+
+@dataclass
+class LayerMatch:
+    index: int
+    input: gs.Variable        # h: the stream entering the layer
+    attn_add: gs.Node         # mid = h + attn_branch
+    attn_residual: gs.Tensor  # attn_add's stream operand (h, or a no-op Cast of it)
+    attn_branch: gs.Tensor    # attn_add's other operand
+    o_proj: gs.Node           # MatMul (or Gemm) with a 2-D constant weight
+    attention: AttentionCore
+    ffn_add: gs.Node          # output = mid + ffn_branch
+    ffn_residual: gs.Tensor
+    ffn_branch: gs.Tensor
+    down_proj: gs.Node
+    output: gs.Variable       # ffn_add's output: the next layer's input, or what follows the last
+    present_key: gs.Variable | None
+    present_value: gs.Variable | None
+    module_path: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.attention.kind
+
+    @property
+    def mid(self) -> gs.Variable:
+        return self.attn_add.outputs[0]
+
+
+@dataclass
+class DecoderStructure:
+    graph: gs.Graph
+    source: gs.Variable             # graph input (or embedding Gather output) the stream starts at
+    layers: list[LayerMatch]
+    final_output: gs.Variable       # the last layer's output: the final norm's input
+    scopes: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+# --------------------------------------------------------------------------- public API
+
+def locate_model(model: onnx.ModelProto, require_cache: bool = True) -> DecoderStructure:
+    """Import ``model`` (external data may stay unloaded) and locate its layers, with module paths."""
+    return locate_layers(gs.import_onnx(model), scopes=node_scopes(model), require_cache=require_cache)
+
+
+def locate_layers(graph: gs.Graph, scopes: dict[str, str] | None = None,
+                  require_cache: bool = True) -> DecoderStructure:
+    """Find every decoder layer of ``graph`` in order; raise LocateError if the graph is not one.
+
+    ``scopes`` maps node names to module paths (see :func:`node_scopes`) for messages only.
+    With ``require_cache`` every layer must write its K and V to graph outputs (a prefill
+    or decode graph); pass False for a decoder exported without a KV cache.
+    """
+    view = _View(graph, scopes or {})
+    seeds = view.seeds()
+    if not seeds:
+        raise LocateError("not a decoder graph: it has no float graph input (inputs_embeds) and no embedding "
+                          "Gather from a 2-D constant table, so there is no residual stream to start from")
+    walks = [view.walk(seed) for seed in seeds]
+    best = max(len(w.layers) for w in walks)
+    if best == 0:
+        cores = view.all_cores()
+        what = (f"layer 0: the graph has {len(cores)} attention core(s) (first: {view.where(cores[0])}), but"
+                if cores else "not a decoder graph: it has no attention core, and")
+        raise LocateError(
+            f"{what} from {', '.join(view.name(s) for s in seeds)} no residual Add was found whose other operand "
+            "comes from an attention block (o_proj: a MatMul with a 2-D constant weight). A decoder's stream starts "
+            "at a float input (inputs_embeds) or an embedding Gather; a vision encoder is not a decoder. "
+            + view.reasons_text(walks))
+    longest = [w for w in walks if len(w.layers) == best]
+    if len({id(w.layers[0].attn_add) for w in longest}) > 1:
+        raise LocateError("ambiguous residual stream: graph inputs "
+                          f"{', '.join(view.name(w.seed) for w in longest)} each start a chain of {best} layers")
+    walk = longest[0]
+    view.check_complete(walk)
+    if require_cache:
+        for layer in walk.layers:
+            for what, tensor, core_side in (("key", layer.present_key, layer.attention.key),
+                                            ("value", layer.present_value, layer.attention.value)):
+                if tensor is None:
+                    raise LocateError(
+                        f"layer {layer.index}: the {what} entering the attention core ({view.name(core_side)}) does "
+                        f"not reach a graph output, so no present.{layer.index}.{what} cache output was found "
+                        "(a vision encoder or a graph without KV cache?). To locate a decoder exported without a "
+                        "KV cache, pass require_cache=False.")
+    return DecoderStructure(graph, walk.seed, walk.layers, walk.layers[-1].output, dict(view.scopes))
+
+
+def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> innermost module path, from dynamo's ``pkg.torch.onnx.name_scopes`` metadata.
+
+    onnx-graphsurgeon drops node metadata on import, so read it from the ModelProto. Legacy
+    exports keep the path in the node name instead; :func:`locate_layers` reads that itself.
+    """
+    scopes = {}
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    path = ast.literal_eval(prop.value)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(path, list) and len(path) >= 2 and path[-2]:
+                    scopes[node.name] = str(path[-2])
+    return scopes
+
+
+def format_table(structure: DecoderStructure) -> str:
+    """One row per layer: attention kind, projection weights, cache outputs, module path."""
+    view = _View(structure.graph, structure.scopes)
+    header = ("layer", "attention", "o_proj", "down_proj", "present key", "present value", "module")
+    rows = [header]
+    for layer in structure.layers:
+        rows.append((
+            str(layer.index), layer.kind,
+            _shape_text(view.weight_shape(layer.o_proj.inputs[1])),
+            _shape_text(view.weight_shape(layer.down_proj.inputs[1])),
+            layer.present_key.name if layer.present_key is not None else "-",
+            layer.present_value.name if layer.present_value is not None else "-",
+            layer.module_path or "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"{len(structure.layers)} layers; stream starts at {structure.source.name!r}, "
+                 f"final norm input {structure.final_output.name!r}")
+    return "\n".join(lines)
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "-"
+
+
+# --------------------------------------------------------------------------- the walks
+
+def _producer(tensor) -> gs.Node | None:
+    return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
+
+
+def _given(tensor) -> bool:
+    """False for the empty name gs gives an omitted optional input."""
+    return tensor is not None and bool(tensor.name)
+
+
+@dataclass
+class _Walk:
+    seed: gs.Variable
+    layers: list[LayerMatch]
+    stop: gs.Variable | None = None                          # the stream tensor where the walk ended
+    reasons: list[str] = field(default_factory=list)         # why nothing matched there
+
+
+class _View:
+    """A read-only view of the graph with the few structural questions the walks ask."""
+
+    def __init__(self, graph: gs.Graph, scopes: dict[str, str]):
+        self.graph = graph
+        self.scopes = scopes
+        self.outputs = {id(t) for t in graph.outputs}
+        self.order = {id(n): i for i, n in enumerate(graph.nodes)}
+        self._const: dict[int, bool] = {}
+
+    # ---- naming (messages only)
+    def scope(self, node: gs.Node) -> str | None:
+        if node.name in self.scopes:
+            return self.scopes[node.name]
+        if "/" in (node.name or ""):  # legacy TorchScript names: /model/layers.0/self_attn/o_proj/MatMul
+            parts = [p for p in node.name.split("/") if p][:-1]
+            return ".".join(parts) or None
+        return None
+
+    def where(self, node: gs.Node) -> str:
+        scope = self.scope(node)
+        return node.op + (f" {node.name!r}" if node.name else "") + (f" ({scope})" if scope else "")
+
+    @staticmethod
+    def name(tensor) -> str:
+        return repr(tensor.name)
+
+    def module_path(self, *nodes: gs.Node) -> str | None:
+        paths = [s.split(".") for s in (self.scope(n) for n in nodes) if s]
+        if not paths:
+            return None
+        common = []
+        for parts in zip(*paths):
+            if len(set(parts)) != 1:
+                break
+            common.append(parts[0])
+        if len(paths) == 1:
+            common = common[:-1]  # the projection's own module: report its parent block
+        return ".".join(common) or None
+
+    # ---- constants and weights
+    def is_const(self, tensor, depth: int = 0) -> bool:
+        """True for initializers, Constant outputs and anything computed only from them."""
+        if isinstance(tensor, gs.Constant):
+            return True
+        key = id(tensor)
+        if key not in self._const:
+            node = _producer(tensor)
+            if node is None or depth > 48:
+                result = False
+            elif node.op == "Constant":
+                result = True
+            else:
+                result = bool(node.inputs) and all(self.is_const(t, depth + 1) for t in node.inputs if _given(t))
+            self._const[key] = result
+        return self._const[key]
+
+    def weight_shape(self, tensor) -> tuple | None:
+        """The shape of the constant behind a MatMul weight input, looking through Transpose/Cast."""
+        for _ in range(4):
+            if isinstance(tensor, gs.Constant):
+                return tuple(tensor.shape)
+            node = _producer(tensor)
+            if node is None:
+                return None
+            if node.op == "Constant":
+                value = node.attrs.get("value")
+                return tuple(value.shape) if hasattr(value, "shape") else None
+            if node.op not in WEIGHT_PATH:
+                return None
+            tensor = node.inputs[0]
+        return None
+
+    def is_projection(self, node: gs.Node) -> bool:
+        """A MatMul (or Gemm) whose weight, input 1, is a 2-D constant and whose input 0 is not."""
+        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            return False
+        shape = self.weight_shape(node.inputs[1])
+        return shape is not None and len(shape) == 2 and not self.is_const(node.inputs[0])
+
+    def variable_operands(self, node: gs.Node) -> list:
+        return [t for t in node.inputs if _given(t) and not self.is_const(t)]
+
+    # ---- graph searches
+    def aliases(self, tensor) -> list:
+        """``tensor`` and everything that is it through no-op Cast/Identity consumers."""
+        found, queue = [tensor], [tensor]
+        while queue:
+            for node in queue.pop().outputs:
+                if node.op in NOOP:
+                    found.append(node.outputs[0])
+                    queue.append(node.outputs[0])
+        return found
+
+    def derives(self, tensor, targets: set[int], limit: int = MAX_VISIT) -> tuple[bool, list[gs.Node]]:
+        """Whether ``tensor`` is computed from one of ``targets`` (ids), visiting at most ``limit``
+        nodes; also the nodes visited, none past the targets."""
+        if id(tensor) in targets:
+            return True, []
+        seen, visited, queue, found = {id(tensor)}, [], deque([tensor]), False
+        while queue and len(visited) < limit:
+            node = _producer(queue.popleft())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            visited.append(node)
+            for inp in node.inputs:
+                if id(inp) in targets:
+                    found = True
+                elif _given(inp) and id(inp) not in seen and not isinstance(inp, gs.Constant):
+                    seen.add(id(inp))
+                    queue.append(inp)
+        return found, visited
+
+    def pick_data_operand(self, node: gs.Node):
+        """The operand an elementwise op carries forward: the only non-constant one, or, for
+        x * rsqrt(mean(x^2)) and x - mean(x), the one the other is computed from."""
+        operands = self.variable_operands(node)
+        if len(operands) == 1:
+            return operands[0]
+        if len(operands) == 2:
+            for a, b in (operands, operands[::-1]):
+                if self.derives(b, {id(a)}, limit=8)[0]:
+                    return a
+        return None
+
+    def branch_projection(self, tensor) -> tuple[gs.Node | None, str]:
+        """Walk back from a residual Add's branch operand to its projection MatMul."""
+        for _ in range(MAX_TAIL):
+            node = _producer(tensor)
+            if node is None:
+                return None, f"its operand {self.name(tensor)} is a graph input or constant"
+            if self.is_projection(node):
+                return node, ""
+            if node.op in ("MatMul", "Gemm"):
+                return None, f"its operand comes from {self.where(node)}, whose weight is not a 2-D constant"
+            if node.op in NOOP or node.op in NORMS or node.op == "Reshape":
+                tensor = node.inputs[0]
+            elif node.op in ELEMENTWISE:
+                tensor = self.pick_data_operand(node)
+            else:
+                tensor = None
+            if tensor is None:
+                return None, f"its operand leads back to {self.where(node)}, not to a MatMul with a 2-D weight"
+        return None, f"no MatMul with a 2-D weight within {MAX_TAIL} nodes of it"
+
+    # ---- attention core
+    def softmax_before(self, tensor) -> gs.Node | None:
+        """The Softmax behind a PV MatMul's probability input (through a NaN guard, casts)."""
+        for _ in range(6):
+            node = _producer(tensor)
+            if node is None:
+                return None
+            if node.op == "Softmax":
+                return node
+            if node.op not in PROBS:
+                return None
+            if node.op == "Where":
+                data = [t for t in node.inputs[1:] if not self.is_const(t)]
+                if len(data) != 1:
+                    return None
+                tensor = data[0]
+            else:
+                tensor = node.inputs[0]
+        return None
+
+    def find_core(self, tensor) -> tuple[AttentionCore | None, str]:
+        """Walk back from o_proj's input through head-merging reshapes to the attention core."""
+        for _ in range(MAX_HEAD_MERGE):
+            node = _producer(tensor)
+            if node is None:
+                return None, f"o_proj's input leads back to graph input {self.name(tensor)}"
+            if node.op == "Attention" and node.outputs[0] is tensor:
+                return self.attention_op_core(node), ""
+            if node.op == "MatMul" and not self.is_projection(node):
+                softmax = self.softmax_before(node.inputs[0])
+                if softmax is None:
+                    return None, f"{self.where(node)} before o_proj does not take its input 0 from a Softmax"
+                return self.softmax_core(node, softmax)
+            if node.op in HEAD_MERGE:
+                tensor = node.inputs[0]
+            elif node.op == "Where" or node.op in ("Mul", "Div"):
+                data = self.variable_operands(node) if node.op != "Where" else \
+                    [t for t in node.inputs[1:] if not self.is_const(t)]
+                if len(data) != 1:
+                    return None, f"walking back from o_proj's input reached {self.where(node)}, not an attention core"
+                tensor = data[0]
+            else:
+                return None, (f"walking back from o_proj's input reached {self.where(node)} before any Softmax "
+                              "or Attention node")
+        return None, f"no Softmax or Attention within {MAX_HEAD_MERGE} nodes of o_proj's input"
+
+    @staticmethod
+    def attention_op_core(node: gs.Node) -> AttentionCore:
+        masks = [node.inputs[3]] if len(node.inputs) > 3 and _given(node.inputs[3]) else []
+        return AttentionCore("attention_op", node.inputs[0], node.inputs[1], node.inputs[2], masks,
+                             node.outputs[0], [node])
+
+    def softmax_core(self, pv: gs.Node, softmax: gs.Node) -> tuple[AttentionCore | None, str]:
+        scores, queue, seen = None, deque([(softmax.inputs[0], 0)]), set()
+        while queue and scores is None:  # nearest MatMul of two variables behind the Softmax
+            tensor, depth = queue.popleft()
+            node = _producer(tensor)
+            if node is None or id(node) in seen or depth >= MAX_SCORES:
+                continue
+            seen.add(id(node))
+            if node.op == "MatMul" and len(self.variable_operands(node)) == 2:
+                scores = node
+                break
+            queue.extend((t, depth + 1) for t in self.variable_operands(node))
+        if scores is None:
+            return None, f"no scores MatMul (Q x K^T) within {MAX_SCORES} nodes before {self.where(softmax)}"
+        # The core is every node on a path scores -> ... -> PV.
+        ahead, queue = {id(scores)}, deque([scores])
+        while queue:
+            for out in queue.popleft().outputs:
+                for node in out.outputs:
+                    if id(node) not in ahead and node is not pv and len(ahead) < 4 * MAX_SCORES:
+                        ahead.add(id(node))
+                        queue.append(node)
+        _, behind = self.derives(pv.inputs[0], {id(t) for t in scores.outputs})
+        nodes = [scores] + [n for n in behind if id(n) in ahead and n is not scores] + [pv]
+        nodes.sort(key=lambda n: self.order.get(id(n), 0))
+        produced = {id(t) for n in nodes for t in n.outputs}
+        masks = []
+        for node in nodes:
+            if node is scores or node is pv:
+                continue
+            for tensor in node.inputs:
+                if _given(tensor) and not self.is_const(tensor) and id(tensor) not in produced \
+                        and all(tensor is not m for m in masks):
+                    masks.append(tensor)
+        return AttentionCore("softmax", scores.inputs[0], scores.inputs[1], pv.inputs[1], masks,
+                             pv.outputs[0], nodes), ""
+
+    def all_cores(self) -> list[gs.Node]:
+        """Every Attention node and every Softmax that feeds a PV MatMul: one per layer."""
+        cores = []
+        for node in self.graph.nodes:
+            if node.op == "Attention":
+                cores.append(node)
+            elif node.op == "Softmax" and self._feeds_pv(node):
+                cores.append(node)
+        return cores
+
+    def _feeds_pv(self, softmax: gs.Node) -> bool:
+        queue = [(softmax.outputs[0], 0)]
+        while queue:
+            tensor, depth = queue.pop()
+            for node in tensor.outputs:
+                if node.op == "MatMul" and node.inputs[0] is tensor and not self.is_projection(node):
+                    return True
+                if node.op in PROBS and depth < 4:
+                    queue.append((node.outputs[0], depth + 1))
+        return False
+
+    # ---- KV cache outputs
+    def cache_output(self, tensor) -> gs.Variable | None:
+        """Walk back from a K/V tensor entering the core to the graph output it is written to."""
+        for _ in range(MAX_HEAD_MERGE):
+            found = self._output_near(tensor)
+            if found is not None:
+                return found
+            node = _producer(tensor)
+            if node is None:
+                return None
+            if node.op in KV_PATH or (node.op == "Concat" and len(node.inputs) == 1):
+                tensor = node.inputs[0]
+            elif node.op in ("Mul", "Div") and len(self.variable_operands(node)) == 1:
+                tensor = self.variable_operands(node)[0]
+            else:
+                return None
+        return None
+
+    def _output_near(self, tensor) -> gs.Variable | None:
+        """``tensor`` if it is a graph output, else one written from it by Identity/Cast/Slice/Concat."""
+        queue = [(tensor, 0)]
+        while queue:
+            current, depth = queue.pop(0)
+            if id(current) in self.outputs:
+                return current
+            if depth < 2:
+                for node in current.outputs:
+                    if node.op in NOOP or node.op == "Concat" or (node.op == "Slice" and node.inputs[0] is current):
+                        queue.append((node.outputs[0], depth + 1))
+        return None
+
+    # ---- layers
+    def residual_adds(self, stream) -> list[tuple[gs.Node, gs.Tensor, gs.Tensor, set[int]]]:
+        """(Add, stream operand, other operand, alias ids) for each Add consuming the stream."""
+        names = self.aliases(stream)
+        ids = {id(t) for t in names}
+        adds, seen = [], set()
+        for alias in names:
+            for node in alias.outputs:
+                if node.op != "Add" or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                others = [t for t in node.inputs if id(t) not in ids]
+                if len(others) == 1:
+                    adds.append((node, alias, others[0], ids))
+        return adds
+
+    def match_attention(self, index: int, stream) -> tuple[tuple | None, list[str]]:
+        found, reasons = [], []
+        for add, residual, branch, ids in self.residual_adds(stream):
+            proj, why = self.branch_projection(branch)
+            if proj is None:
+                reasons.append(f"{self.where(add)}: {why}")
+                continue
+            core, why = self.find_core(proj.inputs[0])
+            if core is None:
+                reasons.append(f"{self.where(add)}: {why}")
+                continue
+            for role in ("query", "key", "value"):
+                if not self.derives(getattr(core, role), ids)[0]:
+                    reasons.append(f"{self.where(add)}: the attention {role} {self.name(getattr(core, role))} "
+                                   f"is not computed from the stream {self.name(stream)} (cross-attention?)")
+                    break
+            else:
+                found.append((add, residual, branch, proj, core))
+        if len(found) > 1:
+            raise LocateError(f"layer {index}: the stream {self.name(stream)} feeds {len(found)} residual Adds with "
+                              f"attention branches ({', '.join(self.where(f[0]) for f in found)}); expected one")
+        return (found[0] if found else None), reasons
+
+    def match_ffn(self, index: int, mid) -> tuple:
+        found, reasons = [], []
+        for add, residual, branch, ids in self.residual_adds(mid):
+            proj, why = self.branch_projection(branch)
+            if proj is None:
+                reasons.append(f"{self.where(add)}: {why}")
+                continue
+            derived, visited = self.derives(proj.inputs[0], ids)
+            attention = [n for n in visited if n.op in ("Softmax", "Attention")]
+            if not derived:
+                reasons.append(f"{self.where(add)}: {self.where(proj)} is not computed from the stream "
+                               f"{self.name(mid)}")
+            elif attention:
+                reasons.append(f"{self.where(add)}: its branch holds {self.where(attention[0])}, not an FFN")
+            else:
+                found.append((add, residual, branch, proj))
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise LocateError(
+                f"layer {index}: {what} FFN residual Add after the attention Add (whose output is "
+                f"{self.name(mid)}); expected exactly one Add(mid, down_proj(...)) with down_proj a MatMul with a "
+                f"2-D constant weight computed from mid" + (": " + "; ".join(reasons) if reasons else ""))
+        return found[0]
+
+    def match_layer(self, index: int, stream) -> tuple[LayerMatch | None, list[str]]:
+        attention, reasons = self.match_attention(index, stream)
+        if attention is None:
+            return None, reasons
+        attn_add, attn_residual, attn_branch, o_proj, core = attention
+        ffn_add, ffn_residual, ffn_branch, down_proj = self.match_ffn(index, attn_add.outputs[0])
+        layer = LayerMatch(
+            index=index, input=stream, attn_add=attn_add, attn_residual=attn_residual, attn_branch=attn_branch,
+            o_proj=o_proj, attention=core, ffn_add=ffn_add, ffn_residual=ffn_residual, ffn_branch=ffn_branch,
+            down_proj=down_proj, output=ffn_add.outputs[0],
+            present_key=self.cache_output(core.key), present_value=self.cache_output(core.value),
+            module_path=self.module_path(o_proj, down_proj),
+        )
+        if layer.present_key is not None and layer.present_key is layer.present_value:
+            raise LocateError(f"layer {index}: key and value both lead to graph output {self.name(layer.present_key)}")
+        return layer, []
+
+    def next_layer(self, index: int, start) -> tuple[LayerMatch | None, list[str]]:
+        """The layer whose input is ``start`` or a few stream-preserving ops after it (DeepStack adds)."""
+        queue, seen, first_reasons = deque([(start, 0)]), {id(start)}, None
+        while queue:
+            tensor, depth = queue.popleft()
+            layer, reasons = self.match_layer(index, tensor)
+            if layer is not None:
+                return layer, []
+            if first_reasons is None:
+                first_reasons = reasons
+            if depth >= MAX_GAP:
+                continue
+            for alias in self.aliases(tensor):
+                for node in alias.outputs:
+                    if node.op not in GAP_OPS or not self._keeps_stream(node, alias):
+                        continue
+                    for out in node.outputs:
+                        if id(out) not in seen:
+                            seen.add(id(out))
+                            queue.append((out, depth + 1))
+        return None, first_reasons or []
+
+    def _keeps_stream(self, node: gs.Node, stream) -> bool:
+        """Between layers the stream may be scattered into or added to, but never by a projection."""
+        if node.op == "Mul":
+            return len(self.variable_operands(node)) == 1
+        if node.op == "Add":
+            return all(self.branch_projection(t)[0] is None for t in node.inputs if t is not stream)
+        if node.op in ("ScatterND", "ScatterElements"):
+            return node.inputs[0] is stream
+        return True
+
+    def seeds(self) -> list:
+        """Where a stream may start: float graph inputs, and embedding Gathers from a 2-D table."""
+        seeds = []
+        for tensor in self.graph.inputs:
+            try:
+                kind = np.dtype(tensor.dtype).kind if tensor.dtype is not None else "f"
+            except TypeError:
+                kind = "f"  # bfloat16 and other non-numpy float types
+            if kind not in "biu":
+                seeds.append(tensor)
+        for node in self.graph.nodes:
+            if node.op == "Gather" and len(node.inputs) == 2 and not self.is_const(node.inputs[1]):
+                shape = self.weight_shape(node.inputs[0])
+                if shape is not None and len(shape) == 2:
+                    seeds.append(node.outputs[0])
+        return seeds
+
+    def walk(self, seed) -> _Walk:
+        walk = _Walk(seed, [])
+        stream = seed
+        claimed: dict[int, int] = {}
+        while True:
+            layer, reasons = self.next_layer(len(walk.layers), stream)
+            if layer is None:
+                walk.stop, walk.reasons = stream, reasons
+                return walk
+            for tensor in (layer.present_key, layer.present_value):
+                if tensor is not None:
+                    if id(tensor) in claimed:
+                        raise LocateError(f"layers {claimed[id(tensor)]} and {layer.index} both lead to graph "
+                                          f"output {self.name(tensor)}")
+                    claimed[id(tensor)] = layer.index
+            walk.layers.append(layer)
+            stream = layer.output
+
+    def reasons_text(self, walks: list[_Walk]) -> str:
+        lines = [f"{self.name(w.stop)}: {r}" for w in walks for r in w.reasons[:4]]
+        return ("Candidates rejected: " + "; ".join(lines)) if lines else ""
+
+    def check_complete(self, walk: _Walk) -> None:
+        """Every attention core in the graph must belong to a located layer, or the spine broke."""
+        located = {id(n) for layer in walk.layers for n in layer.attention.nodes}
+        left = [n for n in self.all_cores() if id(n) not in located]
+        if not left:
+            return
+        n = len(walk.layers)
+        detail = "; ".join(walk.reasons[:4]) or "it has no Add consumer whose other operand is an attention branch"
+        raise LocateError(
+            f"layer {n}: the residual stream breaks after layer {n - 1} (at {self.name(walk.stop)}), yet the graph "
+            f"has {len(left)} more attention core(s) (first: {self.where(left[0])}). Expected Add(h, o_proj(...)) "
+            f"with o_proj a MatMul with a 2-D constant weight fed by the attention core: {detail}")

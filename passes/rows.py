@@ -1,0 +1,474 @@
+"""Row restriction: recompute a row-wise region of a graph for a subset of its rows.
+
+Most of a decoder layer treats the sequence rows independently (norms, projections,
+RoPE, the MLP, the query side of attention). Such a region can be re-run on a subset of
+rows by gathering its inputs first::
+
+    before                                   after
+    h [B,S,D] -- region --> y [B,S,N]         h -- Gather(rows, axis 1) --> h_T [B,n,D] -- region' --> y_T [B,n,N]
+                  ^                                                                   ^
+       side inputs: cos/sin [.,.,S,.],          side inputs with a row axis are gathered too;
+       mask [B,1,S,S], Reshape targets          Reshape/Expand targets get n in the row entry
+
+The clone is built op by op, tracking which axis of each tensor is the row axis. An op
+is restricted only when its rule proves the rows stay independent (an elementwise op
+aligned on the row axis, a MatMul whose left operand carries the rows on its
+second-to-last axis, a Softmax over another axis, ...); anything else raises
+``RestrictError`` saying which op and why, rather than producing a wrong graph.
+
+Shapes come from the graph's value info: a side input is gathered when its aligned
+dimension is the row dimension (the same symbol or size), kept when it is 1, and refused
+when unknown. Row indices are a 1-D int64 tensor shared by every batch row, so plain
+``Gather``/``ScatterElements`` suffice (no NonZero, no boolean indexing: TensorRT-friendly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from vskip_compile.errors import VskipError
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+class RestrictError(VskipError):
+    """A region could not be restricted to a subset of rows; the message says which op and why."""
+
+
+class Builder:
+    """Adds nodes with unique, readable names under a prefix."""
+
+    def __init__(self, graph: gs.Graph, prefix: str):
+        self.graph = graph
+        self.prefix = prefix
+        self.count = 0
+        self.nodes_added = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{self.prefix}/{hint}_{self.count}"
+
+    def const(self, values, hint: str = "const") -> gs.Constant:
+        return gs.Constant(self.name(hint), np.asarray(values))
+
+    def node(self, op: str, inputs: list, attrs: dict | None = None, outputs: int = 1,
+             dtypes: list | None = None) -> list[gs.Variable]:
+        outs = [gs.Variable(self.name(f"{op.lower()}_out"), dtype=(dtypes or [None] * outputs)[i])
+                for i in range(outputs)]
+        node = gs.Node(op, name=self.name(op.lower()), attrs=dict(attrs or {}), inputs=list(inputs), outputs=outs)
+        self.graph.nodes.append(node)
+        self.nodes_added += 1
+        return outs
+
+    def op(self, op: str, inputs: list, attrs: dict | None = None, dtype=None) -> gs.Variable:
+        return self.node(op, inputs, attrs, 1, [dtype])[0]
+
+
+class RowSubset:
+    """A graph input listing the rows to keep (1-D int64, ascending), with cached gathers."""
+
+    def __init__(self, graph: gs.Graph, builder: Builder, name: str):
+        self.name = name
+        self.indices = gs.Variable(name, dtype=np.int64, shape=[f"{name}_count"])
+        graph.inputs.append(self.indices)
+        self.builder = builder
+        self.count = builder.op("Shape", [self.indices], dtype=np.int64)  # [1]: n
+        self._gathers: dict[tuple[int, int], gs.Variable] = {}
+        self._scatter_index: dict[int, gs.Variable] = {}
+        # (id of a full tensor) -> its rows, when we built the full tensor by scattering them
+        self.known_rows: dict[int, gs.Variable] = {}
+
+    def gather(self, tensor: gs.Tensor, axis: int) -> gs.Variable:
+        if axis == 1 and id(tensor) in self.known_rows:
+            return self.known_rows[id(tensor)]
+        key = (id(tensor), axis)
+        if key not in self._gathers:
+            self._gathers[key] = self.builder.op("Gather", [tensor, self.indices], {"axis": axis}, tensor.dtype)
+        return self._gathers[key]
+
+    def scatter(self, full: gs.Tensor, rows: gs.Variable) -> gs.Variable:
+        """``full`` [B,S,D] with its rows replaced by ``rows`` [B,n,D] (ScatterElements, axis 1)."""
+        index = self._index_like(rows)
+        out = self.builder.op("ScatterElements", [full, index, rows], {"axis": 1}, full.dtype)
+        out.shape = None if full.shape is None else list(full.shape)  # later layers read it
+        self.known_rows[id(out)] = rows
+        return out
+
+    def _index_like(self, rows: gs.Variable) -> gs.Variable:
+        # One [B,n,D] index tensor serves every scatter of the stream: all have that shape.
+        if not self._scatter_index:
+            b = self.builder
+            column = b.op("Unsqueeze", [self.indices, b.const(np.array([0, 2], np.int64), "axes")], dtype=np.int64)
+            shape = b.op("Shape", [rows], dtype=np.int64)
+            self._scatter_index[0] = b.op("Expand", [column, shape], dtype=np.int64)
+        return self._scatter_index[0]
+
+
+@dataclass
+class Restricted:
+    """The restricted version of an original tensor, and the row axis in both."""
+
+    original: gs.Tensor
+    tensor: gs.Tensor
+    axis: int
+
+
+def _dims(tensor: gs.Tensor):
+    return None if tensor.shape is None else list(tensor.shape)
+
+
+def _rank(tensor: gs.Tensor) -> int | None:
+    shape = _dims(tensor)
+    return None if shape is None else len(shape)
+
+
+def _same_dim(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b and a != ""
+    return int(a) == int(b)
+
+
+def _const_ints(tensor: gs.Tensor | None) -> list[int] | None:
+    if isinstance(tensor, gs.Constant):
+        return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
+    producer = tensor.inputs[0] if tensor is not None and tensor.inputs else None
+    if producer is not None and producer.op == "Constant" and "value" in producer.attrs:
+        return [int(v) for v in np.asarray(producer.attrs["value"].values).reshape(-1)]
+    return None
+
+
+class _Clone:
+    """State of one restriction: original tensor id -> restricted / recomputed tensor."""
+
+    def __init__(self, rows: RowSubset, builder: Builder, describe: Callable[[gs.Node], str]):
+        self.rows = rows
+        self.b = builder
+        self.describe = describe
+        self.restricted: dict[int, Restricted] = {}
+        self.replaced: dict[int, gs.Tensor] = {}
+
+    # -- helpers for rules ---------------------------------------------------------
+    def fail(self, node: gs.Node, why: str):
+        raise RestrictError(f"cannot restrict {self.describe(node)} to a subset of rows: {why}")
+
+    def value(self, tensor: gs.Tensor) -> gs.Tensor:
+        if id(tensor) in self.restricted:
+            return self.restricted[id(tensor)].tensor
+        return self.replaced.get(id(tensor), tensor)
+
+    def side(self, node: gs.Node, tensor: gs.Tensor, aligned_axis: int, row_dim) -> gs.Tensor:
+        """A side input whose axis ``aligned_axis`` lines up with the rows: gather, keep or refuse."""
+        if aligned_axis < 0:
+            return self.value(tensor)  # broadcast from a lower rank: no row axis
+        dims = _dims(tensor)
+        if dims is None or aligned_axis >= len(dims):
+            self.fail(node, f"the shape of its input '{tensor.name}' is unknown")
+        dim = dims[aligned_axis]
+        if isinstance(dim, (int, np.integer)) and int(dim) == 1:
+            return self.value(tensor)
+        if _same_dim(dim, row_dim):
+            if id(tensor) in self.replaced:
+                self.fail(node, f"its input '{tensor.name}' has a row axis but was recomputed")
+            return self.rows.gather(tensor, aligned_axis)
+        self.fail(node, f"cannot tell whether axis {aligned_axis} of input '{tensor.name}' (size {dim!r}) "
+                        f"follows the rows (size {row_dim!r})")
+
+    def replace_entry(self, shape: gs.Tensor, index: int) -> gs.Variable:
+        """A copy of the 1-D shape vector ``shape`` with entry ``index`` set to the row count."""
+        b = self.b
+        head = b.op("Slice", [shape, b.const(np.array([0], np.int64), "start"), b.const(np.array([index], np.int64), "end")],
+                    dtype=np.int64)
+        tail = b.op("Slice", [shape, b.const(np.array([index + 1], np.int64), "start"),
+                              b.const(np.array([INT64_MAX], np.int64), "end")], dtype=np.int64)
+        return b.op("Concat", [head, self.rows.count, tail], {"axis": 0}, dtype=np.int64)
+
+
+def _elementwise(c: _Clone, node: gs.Node, r_inputs: list[Restricted]):
+    offsets = {r.axis - len(_dims(r.original)) for r in r_inputs}
+    if len(offsets) != 1:
+        c.fail(node, "its inputs carry the rows on different broadcast axes")
+    offset = offsets.pop()
+    row_dim = _dims(r_inputs[0].original)[r_inputs[0].axis]
+    ranks = [_rank(t) for t in node.inputs if t is not None and t.name != ""]
+    if any(r is None for r in ranks):
+        c.fail(node, "an input has an unknown rank")
+    out_rank = max(ranks)
+    inputs = []
+    for tensor in node.inputs:
+        if tensor is None or tensor.name == "":
+            inputs.append(tensor)
+        elif id(tensor) in c.restricted:
+            inputs.append(c.restricted[id(tensor)].tensor)
+        else:
+            inputs.append(c.side(node, tensor, len(_dims(tensor)) + offset, row_dim))
+    return inputs, [out_rank + offset] * len(node.outputs)
+
+
+def _normalized_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _reduce_over_later_axes(c: _Clone, node: gs.Node, r: Restricted):
+    """LayerNormalization / RMSNormalization / Softmax: fine while the reduced axes exclude the rows."""
+    rank = len(_dims(r.original))
+    default = -1 if node.op in ("Softmax", "LogSoftmax", "RMSNormalization", "LayerNormalization",
+                                "SimplifiedLayerNormalization") else None
+    axis = _normalized_axis(int(node.attrs.get("axis", default)), rank)
+    if node.op in ("Softmax", "LogSoftmax"):
+        if axis == r.axis:
+            c.fail(node, "it normalises over the row axis")
+    elif axis <= r.axis:
+        c.fail(node, f"it normalises over axes {axis}.. which include the row axis {r.axis}")
+    inputs = [r.tensor] + [c.value(t) for t in node.inputs[1:]]
+    for t in node.inputs[1:]:
+        if id(t) in c.restricted:
+            c.fail(node, "its scale or bias depends on the rows")
+    return inputs, [r.axis] + [None] * (len(node.outputs) - 1)
+
+
+def _reduce(c: _Clone, node: gs.Node, r: Restricted):
+    rank = len(_dims(r.original))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        axes = _const_ints(node.inputs[1])
+        if axes is None:
+            c.fail(node, "its axes are not constant")
+    if not axes:
+        c.fail(node, "it reduces over every axis")
+    axes = [_normalized_axis(a, rank) for a in axes]
+    if r.axis in axes:
+        c.fail(node, "it reduces over the row axis")
+    keep = int(node.attrs.get("keepdims", 1))
+    out_axis = r.axis if keep else r.axis - sum(a < r.axis for a in axes)
+    return [r.tensor] + [c.value(t) for t in node.inputs[1:]], [out_axis]
+
+
+def _matmul(c: _Clone, node: gs.Node, r_inputs: list[Restricted]):
+    a, b = node.inputs
+    if id(b) in c.restricted:
+        c.fail(node, "its right operand depends on the restricted rows")
+    r = c.restricted[id(a)]
+    rank_a, rank_b = len(_dims(r.original)), _rank(b)
+    if rank_b is None:
+        c.fail(node, "its right operand has an unknown rank")
+    if rank_a < 2 or r.axis != rank_a - 2:
+        c.fail(node, "the rows are not the left operand's second-to-last axis")
+    return [r.tensor, c.value(b)], [max(rank_a, rank_b) - 2]
+
+
+def _transpose(c: _Clone, node: gs.Node, r: Restricted):
+    perm = list(node.attrs.get("perm", range(len(_dims(r.original)) - 1, -1, -1)))
+    return [r.tensor], [perm.index(r.axis)]
+
+
+def _reshape(c: _Clone, node: gs.Node, r: Restricted):
+    before, after = _dims(r.original), _dims(node.outputs[0])
+    if after is None or len(after) <= r.axis:
+        c.fail(node, "its output shape is unknown")
+    for i in range(r.axis + 1):
+        if not _same_dim(before[i], after[i]):
+            c.fail(node, f"it does not keep axes 0..{r.axis} (the rows and the axes before them) in place")
+    if id(node.inputs[1]) in c.restricted:
+        c.fail(node, "its target shape depends on the rows")
+    shape = c.replace_entry(c.value(node.inputs[1]), r.axis)
+    return [r.tensor, shape], [r.axis]
+
+
+def _expand(c: _Clone, node: gs.Node, r: Restricted):
+    rank = len(_dims(r.original))
+    after = _dims(node.outputs[0])
+    if after is None:
+        c.fail(node, "its output shape is unknown")
+    out_axis = len(after) - (rank - r.axis)
+    if not _same_dim(after[out_axis], _dims(r.original)[r.axis]):
+        c.fail(node, "it broadcasts the row axis")
+    shape = c.replace_entry(c.value(node.inputs[1]), out_axis)
+    return [r.tensor, shape], [out_axis]
+
+
+def _axes_of(c: _Clone, node: gs.Node, index: int) -> list[int] | None:
+    if "axes" in node.attrs:
+        return list(node.attrs["axes"])
+    if len(node.inputs) > index and node.inputs[index].name:
+        axes = _const_ints(node.inputs[index])
+        if axes is None:
+            c.fail(node, "its axes are not constant")
+        return axes
+    return None
+
+
+def _unsqueeze(c: _Clone, node: gs.Node, r: Restricted):
+    axes = _axes_of(c, node, 1)
+    out_rank = len(_dims(r.original)) + len(axes)
+    axis = r.axis
+    for a in sorted(_normalized_axis(a, out_rank) for a in axes):
+        if a <= axis:
+            axis += 1
+    return [r.tensor] + [c.value(t) for t in node.inputs[1:]], [axis]
+
+
+def _squeeze(c: _Clone, node: gs.Node, r: Restricted):
+    rank = len(_dims(r.original))
+    axes = _axes_of(c, node, 1)
+    if axes is None:
+        c.fail(node, "it squeezes every size-1 axis")
+    axes = [_normalized_axis(a, rank) for a in axes]
+    if r.axis in axes:
+        c.fail(node, "it squeezes the row axis")
+    return [r.tensor] + [c.value(t) for t in node.inputs[1:]], [r.axis - sum(a < r.axis for a in axes)]
+
+
+def _slice(c: _Clone, node: gs.Node, r: Restricted):
+    rank = len(_dims(r.original))
+    if node.inputs[0] is not r.original or any(id(t) in c.restricted for t in node.inputs[1:]):
+        c.fail(node, "its bounds depend on the rows")
+    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    if axes is None:
+        c.fail(node, "its axes are not given as constants")
+    if r.axis in [_normalized_axis(a, rank) for a in axes]:
+        c.fail(node, "it slices the row axis")
+    return [r.tensor] + [c.value(t) for t in node.inputs[1:]], [r.axis]
+
+
+def _split(c: _Clone, node: gs.Node, r: Restricted):
+    rank = len(_dims(r.original))
+    if _normalized_axis(int(node.attrs.get("axis", 0)), rank) == r.axis:
+        c.fail(node, "it splits the row axis")
+    return [r.tensor] + [c.value(t) for t in node.inputs[1:]], [r.axis] * len(node.outputs)
+
+
+def _concat(c: _Clone, node: gs.Node, r_inputs: list[Restricted]):
+    r = r_inputs[0]
+    rank = len(_dims(r.original))
+    if _normalized_axis(int(node.attrs["axis"]), rank) == r.axis:
+        c.fail(node, "it concatenates along the row axis")
+    if any(x.axis != r.axis for x in r_inputs):
+        c.fail(node, "its inputs carry the rows on different axes")
+    row_dim = _dims(r.original)[r.axis]
+    inputs = [c.restricted[id(t)].tensor if id(t) in c.restricted else c.side(node, t, r.axis, row_dim)
+              for t in node.inputs]
+    return inputs, [r.axis]
+
+
+def _gather(c: _Clone, node: gs.Node, r: Restricted):
+    data, indices = node.inputs
+    if data is not r.original or id(indices) in c.restricted:
+        c.fail(node, "its indices depend on the rows")
+    rank = len(_dims(r.original))
+    axis = _normalized_axis(int(node.attrs.get("axis", 0)), rank)
+    if axis == r.axis:
+        c.fail(node, "it gathers along the row axis")
+    q = _rank(indices)
+    if q is None:
+        c.fail(node, "its indices have an unknown rank")
+    return [r.tensor, c.value(indices)], [r.axis - 1 + q if axis < r.axis else r.axis]
+
+
+def _attention(c: _Clone, node: gs.Node, r: Restricted):
+    """ONNX Attention (opset 23): the query carries the rows; K, V and past stay whole."""
+    if node.inputs[0] is not r.original:
+        c.fail(node, "its key or value depends on the restricted rows")
+    rank = len(_dims(r.original))
+    if r.axis != rank - 2:
+        c.fail(node, "the rows are not the query's sequence axis")
+    if int(node.attrs.get("is_causal", 0)):
+        c.fail(node, "is_causal=1 ties the mask to row positions; an explicit mask is needed")
+    if any(t.name for t in node.inputs[4:]):
+        c.fail(node, "it takes past key/value or padding inputs, which a prefill graph should not")
+    if any(o.outputs for o in node.outputs[1:]):
+        c.fail(node, "its present key/value or QK outputs are used")
+    inputs = [r.tensor, c.value(node.inputs[1]), c.value(node.inputs[2])]
+    if len(node.inputs) > 3 and node.inputs[3].name:
+        mask = node.inputs[3]
+        inputs.append(c.side(node, mask, len(_dims(mask)) - 2, _dims(r.original)[r.axis]))
+    return inputs, [r.axis]
+
+
+def _rotary(c: _Clone, node: gs.Node, r: Restricted):
+    """ONNX RotaryEmbedding (opset 23): rows on the sequence axis of X; the per-row angles
+    (position_ids [B,S], or without them cos/sin caches [B,S,d/2]) are gathered with it."""
+    if node.inputs[0] is not r.original:
+        c.fail(node, "its angles depend on the restricted rows")
+    rank = len(_dims(r.original))
+    if r.axis != (2 if rank == 4 else 1):
+        c.fail(node, "the rows are not the input's sequence axis")
+    inputs = [r.tensor, c.value(node.inputs[1]), c.value(node.inputs[2])]
+    if len(node.inputs) > 3 and node.inputs[3].name:
+        inputs.append(c.rows.gather(node.inputs[3], 1))  # position_ids: one per row
+    else:
+        # without position_ids the caches are [B, S, d/2] by the op's definition
+        inputs[1:3] = [c.rows.gather(t, 1) for t in node.inputs[1:3]]
+    return inputs, [r.axis]
+
+
+_ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Sigmoid", "Tanh", "Erf", "Relu", "Exp",
+    "Log", "Abs", "Cast", "CastLike", "Identity", "Where", "IsNaN", "IsInf", "Max", "Min", "Equal", "Less",
+    "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Xor", "Softplus", "Gelu", "HardSigmoid",
+    "HardSwish", "Mod", "Clip", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Mish", "Elu", "LeakyRelu",
+}
+_SINGLE_INPUT_RULES = {
+    "RMSNormalization": _reduce_over_later_axes, "LayerNormalization": _reduce_over_later_axes,
+    "SimplifiedLayerNormalization": _reduce_over_later_axes,
+    "Softmax": _reduce_over_later_axes, "LogSoftmax": _reduce_over_later_axes,
+    "ReduceMean": _reduce, "ReduceSum": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce,
+    "ReduceL2": _reduce, "ReduceSumSquare": _reduce, "ReduceProd": _reduce,
+    "Transpose": _transpose, "Reshape": _reshape, "Expand": _expand, "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze, "Slice": _slice, "Split": _split, "Gather": _gather, "Attention": _attention,
+    "RotaryEmbedding": _rotary,
+}
+
+
+def restrict_region(rows: RowSubset, builder: Builder, nodes: list[gs.Node], seeds: list[Restricted],
+                    describe: Callable[[gs.Node], str] = lambda n: f"{n.op} node '{n.name}'") -> _Clone:
+    """Clone ``nodes`` (in topological order) for the rows of ``rows``.
+
+    ``seeds`` give restricted versions of tensors entering the region. Returns the clone
+    state; ``state.restricted[id(t)]`` is the restricted version of an original tensor t.
+    Nodes whose inputs do not depend on the seeds are left alone.
+    """
+    state = _Clone(rows, builder, describe)
+    for seed in seeds:
+        state.restricted[id(seed.original)] = seed
+    for node in nodes:
+        r_inputs = [state.restricted[id(t)] for t in node.inputs if t is not None and id(t) in state.restricted]
+        if not r_inputs:
+            if any(id(t) in state.replaced for t in node.inputs):
+                # Shape arithmetic on recomputed values: clone as is.
+                _emit(state, node, [state.value(t) for t in node.inputs], [None] * len(node.outputs))
+            continue
+        if node.op == "Shape" or node.op == "Size":
+            _emit(state, node, [r_inputs[0].tensor], [None])
+            continue
+        if node.op in _ELEMENTWISE:
+            inputs, axes = _elementwise(state, node, r_inputs)
+        elif node.op == "MatMul":
+            inputs, axes = _matmul(state, node, r_inputs)
+        elif node.op == "Concat":
+            inputs, axes = _concat(state, node, r_inputs)
+        elif node.op in _SINGLE_INPUT_RULES:
+            if len(r_inputs) != 1 or node.inputs[0] is not r_inputs[0].original:
+                state.fail(node, "a non-data input depends on the rows")
+            inputs, axes = _SINGLE_INPUT_RULES[node.op](state, node, r_inputs[0])
+        else:
+            state.fail(node, f"no row rule for op {node.op}")
+        _emit(state, node, inputs, axes)
+    return state
+
+
+def _emit(state: _Clone, node: gs.Node, inputs: list, axes: list[int | None]) -> None:
+    outputs = [o for o in node.outputs]
+    if node.op == "Attention":
+        outputs = outputs[:1]  # present K/V and QK outputs were checked unused
+    new = state.b.node(node.op, inputs, node.attrs, len(outputs), [o.dtype for o in outputs])
+    for original, clone, axis in zip(outputs, new, axes):
+        if axis is None:
+            state.replaced[id(original)] = clone
+        else:
+            state.restricted[id(original)] = Restricted(original, clone, axis)

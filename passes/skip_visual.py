@@ -1,0 +1,177 @@
+"""Skip the visual rows' attention and/or FFN in decoder layers, as a plan says.
+
+For a layer with input h, ``a`` its attention branch and ``f`` its FFN branch, and T the
+rows that stay live (a graph input, ``vskip_text_rows``: every row that is not visual)::
+
+    before:   h --+-- a(h) --> mid = h + a --+-- f(mid) --> out = mid + f
+    
+    skip visual attention:
+              h_T = Gather(h, T);  a_T = a restricted to T     (queries, o_proj: T only;
+              mid = ScatterElements(h, T, h_T + a_T)             K/V still from every row of h)
+              out = mid + f(mid)                                (FFN on every row)
+    skip visual FFN:
+              mid as before;  mid_T = Gather(mid, T)
+              out = ScatterElements(mid, T, mid_T + f(mid_T))
+    freeze:   mid_T = h_T + a_T;  out = ScatterElements(h, T, mid_T + f(mid_T))
+
+Skipped rows pass through on the residual; keys and values, and so the ``present.*``
+outputs, are still computed from every row of the layer's input, in the original row
+order. Between consecutive skipping layers the live rows are reused straight from the
+scatter's update instead of being gathered again. With ``freeze_scope`` =
+``prefix_through_visual``, freeze layers use a second input, ``vskip_suffix_rows``: the
+rows after the last visual row.
+
+Requires: a ``DecoderStructure`` from ``locate.py``. Does not handle: row sets that differ
+between batch rows (the row inputs are shared by the whole batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+from vskip_compile.plan import Action, FreezeScope, Plan
+from vskip_compile.visual_rows import SUFFIX_ROWS, TEXT_ROWS
+
+from .locate import DecoderStructure, LayerMatch, LocateError
+from .rows import Builder, Restricted, RowSubset, restrict_region
+
+
+@dataclass
+class LayerChange:
+    index: int
+    action: Action
+    rows: str            # the row input this layer keeps live
+    nodes_added: int
+
+
+@dataclass
+class SkipResult:
+    row_inputs: list[str]
+    layers: list[LayerChange] = field(default_factory=list)
+
+
+def row_inputs_for(plan: Plan) -> list[str]:
+    """The row inputs a compiled graph takes for ``plan``."""
+    needs_suffix = plan.freeze_scope is FreezeScope.PREFIX_THROUGH_VISUAL and Action.FREEZE in plan.actions
+    return [TEXT_ROWS, SUFFIX_ROWS] if needs_suffix else [TEXT_ROWS]
+
+
+def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> SkipResult:
+    """Rewrite ``structure.graph`` in place per ``plan``; returns what changed per layer."""
+    graph = structure.graph
+    if plan.num_layers != len(structure.layers):
+        raise LocateError(f"the plan has {plan.num_layers} layers but the graph has {len(structure.layers)}")
+    builder = Builder(graph, "vskip")
+    names = row_inputs_for(plan)
+    subsets = {name: RowSubset(graph, builder, name) for name in names}
+    result = SkipResult(row_inputs=names)
+    rewrite = _Rewrite(graph, builder, structure)
+    for layer, action in zip(structure.layers, plan.actions):
+        if action is Action.FULL:
+            continue
+        name = SUFFIX_ROWS if action is Action.FREEZE and SUFFIX_ROWS in subsets else TEXT_ROWS
+        before = builder.nodes_added
+        rewrite.layer(layer, action, subsets[name])
+        result.layers.append(LayerChange(layer.index, action, name, builder.nodes_added - before))
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return result
+
+
+class _Rewrite:
+    def __init__(self, graph: gs.Graph, builder: Builder, structure: DecoderStructure):
+        self.graph = graph
+        self.b = builder
+        self.scopes = structure.scopes
+        self.subst: dict[int, gs.Tensor] = {}  # id(original tensor) -> tensor that now stands for it
+
+    def current(self, tensor: gs.Tensor) -> gs.Tensor:
+        return self.subst.get(id(tensor), tensor)
+
+    def describe(self, node: gs.Node) -> str:
+        scope = self.scopes.get(node.name)
+        return f"{node.op} node '{node.name}'" + (f" ({scope})" if scope else "")
+
+    def layer(self, layer: LayerMatch, action: Action, rows: RowSubset) -> None:
+        self.graph.toposort()
+        self.order = {id(n): i for i, n in enumerate(self.graph.nodes)}
+        h = self.current(layer.input)
+        residual = self.current(layer.attn_residual)
+        mid = layer.attn_add.outputs[0]
+        if action.skips_attention:
+            attn_rows = self._attention_rows(layer, h, rows)
+            mid_rows = self.b.op("Add", [rows.gather(residual, 1), attn_rows], dtype=mid.dtype)
+            if action is Action.SKIP_ATTENTION:
+                self._replace(mid, rows.scatter(residual, mid_rows))
+                return
+            ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
+            out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
+            self._replace(layer.output, rows.scatter(residual, out_rows))
+            return
+        # skip visual FFN: attention as before, FFN on the live rows only
+        mid_rows = rows.gather(mid, 1)
+        ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
+        out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
+        self._replace(layer.output, rows.scatter(self.current(layer.ffn_residual), out_rows))
+
+    def _attention_rows(self, layer: LayerMatch, h: gs.Tensor, rows: RowSubset) -> gs.Tensor:
+        """The attention branch for the live rows: query path, core and o_proj, restricted."""
+        query, branch = layer.attention.query, layer.attn_branch
+        region = (_ancestors(query) & _descendants(h)) | (_descendants(query) & _ancestors(branch))
+        if not region:
+            raise LocateError(f"layer {layer.index}: the attention query does not come from the layer input")
+        state = restrict_region(rows, self.b, self._ordered(region), [Restricted(h, rows.gather(h, 1), 1)],
+                                self.describe)
+        return self._take(state, branch, layer, "attention branch")
+
+    def _ffn_rows(self, layer: LayerMatch, mid: gs.Tensor, mid_rows: gs.Tensor, rows: RowSubset):
+        """The FFN branch and its residual operand for the live rows."""
+        branch, residual = layer.ffn_branch, layer.ffn_residual
+        region = _descendants(mid) & (_ancestors(branch) | _ancestors(residual))
+        state = restrict_region(rows, self.b, self._ordered(region), [Restricted(mid, mid_rows, 1)], self.describe)
+        residual_rows = mid_rows if residual is mid else self._take(state, residual, layer, "FFN residual")
+        return self._take(state, branch, layer, "FFN branch"), residual_rows
+
+    def _take(self, state, tensor: gs.Tensor, layer: LayerMatch, what: str) -> gs.Tensor:
+        restricted = state.restricted.get(id(tensor))
+        if restricted is None or restricted.axis != 1:
+            raise LocateError(f"layer {layer.index}: the {what} does not follow the rows of the layer input")
+        return restricted.tensor
+
+    def _ordered(self, region: set[int]) -> list[gs.Node]:
+        return [n for n in self.graph.nodes if id(n) in region]
+
+    def _replace(self, old: gs.Tensor, new: gs.Tensor) -> None:
+        """Every consumer of ``old`` reads ``new`` instead; a graph output keeps its name."""
+        for node in list(old.outputs):
+            for i, tensor in enumerate(node.inputs):
+                if tensor is old:
+                    node.inputs[i] = new
+        for position, output in enumerate(self.graph.outputs):
+            if output is old:
+                new.name, old.name = old.name, f"{old.name}_vskip_replaced"
+                self.graph.outputs[position] = new
+        self.subst[id(old)] = new
+
+
+def _descendants(tensor: gs.Tensor) -> set[int]:
+    seen: set[int] = set()
+    stack = [tensor]
+    while stack:
+        for node in stack.pop().outputs:
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.outputs)
+    return seen
+
+
+def _ancestors(tensor: gs.Tensor) -> set[int]:
+    seen: set[int] = set()
+    stack = [tensor]
+    while stack:
+        for node in stack.pop().inputs:
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(t for t in node.inputs if t is not None)
+    return seen
