@@ -142,15 +142,21 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     except OSError as exc:
         raise VskipError(f"{out_dir}: output directory is not writable ({exc.strerror})") from None
     try:
-        inputs = prepare_decoder_inputs(loaded.family, loaded.model, _trace_prompt(loaded))
+        try:
+            inputs = prepare_decoder_inputs(loaded.family, loaded.model, _trace_prompt(loaded))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            # An inconsistent checkpoint config (e.g. mrope_section not summing to head_dim/2)
+            # fails here, inside transformers: the user's input, not a vskip bug.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VskipError(f"{source}: the model fails on a sample prompt: {first}") from None
         prefill_args = tuple(inputs.feeds[name] for name in sidecar["prefill"]["inputs"])
-        with timed(progress, "trace prefill"), torch.no_grad():
+        with timed(progress, "trace prefill"), torch.no_grad(), loaded.family.export_patches(loaded.model):
             _export_one(PrefillDecoder(loaded.family, loaded.model, all_logits), prefill_args,
                         staging / "prefill.onnx", sidecar["prefill"]["inputs"], sidecar["prefill"]["outputs"],
                         _prefill_dynamic_shapes(loaded), opset, external)
         if decode:
             decode_args, decode_shapes = _decode_sample(loaded, inputs)
-            with timed(progress, "trace decode"), torch.no_grad():
+            with timed(progress, "trace decode"), torch.no_grad(), loaded.family.export_patches(loaded.model):
                 _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
                             sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset,
                             external)

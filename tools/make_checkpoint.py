@@ -20,7 +20,7 @@ PRESETS = {
     # name: text config overrides (Qwen2 family dimensions)
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                        num_key_value_heads=2, vocab_size=151936, rope_scaling={"type": "mrope",
-                                                                               "mrope_section": [16, 24, 24]}),
+                                                                               "mrope_section": [8, 12, 12]}),  # sums to head_dim / 2 = 32
 }
 
 

@@ -227,8 +227,15 @@ def _write_atomic(model: onnx.ModelProto, source: Path, output: Path, force: boo
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; an output is not
         os.replace(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return copied
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

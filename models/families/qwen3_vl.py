@@ -18,6 +18,9 @@ the full model never passes here), and rotates with interleaved M-RoPE whose
 
 from __future__ import annotations
 
+import contextlib
+import types
+
 import torch
 
 from ..family import ExtraInput, register
@@ -57,6 +60,17 @@ class Qwen3VL(QwenVLBase):
             tie_word_embeddings=False,
         )
 
+    @contextlib.contextmanager
+    def export_patches(self, model):
+        # transformers adds the features with boolean-mask indexing, which exports as
+        # NonZero + GatherND + ScatterND; TensorRT cannot build those with dynamic shapes.
+        text_model = self.text_model(model)
+        text_model._deepstack_process = types.MethodType(_dense_deepstack, text_model)
+        try:
+            yield
+        finally:
+            del text_model._deepstack_process
+
     def capture_extras(self, kwargs):
         masks, embeds = kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds")
         if masks is None or embeds is None:
@@ -66,3 +80,18 @@ class Qwen3VL(QwenVLBase):
     def decoder_kwargs(self, extras):
         return {"visual_pos_masks": extras["visual_pos_masks"],
                 "deepstack_visual_embeds": list(extras["deepstack_visual_embeds"].unbind(0))}
+
+
+def _dense_deepstack(self, hidden_states, visual_pos_masks, visual_embeds):
+    """``hidden[mask] += embeds`` without boolean indexing.
+
+    Row k of ``visual_embeds`` belongs to the k-th visual row (row-major over batch and
+    sequence). A running count of visual rows indexes a table with a zero row in front,
+    so every visual row gathers its feature and every other row gathers zeros: adding
+    gives exactly transformers' result, with Gather + CumSum instead of NonZero.
+    """
+    mask = visual_pos_masks.to(hidden_states.device).reshape(-1)
+    table = torch.cat([visual_embeds.new_zeros(1, visual_embeds.shape[-1]),
+                       visual_embeds.to(hidden_states.dtype)], dim=0)
+    index = torch.cumsum(mask.long(), dim=0) * mask.long()
+    return hidden_states + table[index].reshape(hidden_states.shape)

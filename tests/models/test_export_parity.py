@@ -114,3 +114,13 @@ def test_prefill_then_decode_equals_longer_prefill(family, opset, exported):
     assert_close(out["logits"], want[0], what="logits after decode")
     for name, cached, expected in zip(cache_names, past, want[1:]):
         assert_cache_close(cached, expected, full.attention_mask, what=name)
+
+
+@pytest.mark.parametrize("opset", [20, 23])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_graph_has_no_data_dependent_shapes(family, opset, exported):
+    """No NonZero: TensorRT cannot build data-dependent shapes with dynamic inputs (DESIGN.md section 3)."""
+    import onnx
+
+    graph = onnx.load(exported(family, opset) / "prefill.onnx", load_external_data=False).graph
+    assert "NonZero" not in {node.op_type for node in graph.node}

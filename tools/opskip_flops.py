@@ -1,0 +1,252 @@
+"""Reproduce OpSkip's FLOPs figure for Qwen3-VL-8B (preset 20: -33.7% TFLOPs) from graphs.
+
+    python tools/opskip_flops.py export -o /tmp/q3vl8b      # 36-layer prefill graph, weights absent
+    python tools/opskip_flops.py curve -o /tmp/q3vl8b       # counts, analytic cross-check, curve, plot
+
+``export`` builds Qwen3-VL-8B's decoder (36 layers, hidden 4096, 32 heads, 8 KV heads,
+head dim 128, FFN 12288, vocab 151936, 3 DeepStack layers) without its weights: the model
+is created on the meta device, every 2-D weight becomes a zero-strided tensor (its shape,
+no memory), it is exported like ``vskip export`` does (same wrapper, dynamic shapes,
+family patches, opset 20), and each large initializer is written as a reference into a
+sparse data file (right size, no bytes on disk). ``vskip_compile.compile.compile_model``
+then compiles it with ``vskip_compile/plans/opskip_qwen3vl8b_preset20.json``.
+
+``curve`` counts both graphs with ``vskip_compile.flops.count_flops`` at several prompt
+layouts, checks every count against the DESIGN.md section 6 formula with the skip
+semantics (section 2), prints the FLOPs reduction as a function of the visual/text mix,
+finds the mixes that give OpSkip's 33.7%, and writes ``flops_curve.json`` and
+``flops_preset20.png`` into the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "vskip_compile" / "plans" / "opskip_qwen3vl8b_preset20.json"
+PUBLISHED = 0.337  # OpSkip: -33.7% TFLOPs for Qwen3-VL-8B, preset 20
+
+# Qwen3-VL-8B-Instruct's text model (config.json of the released checkpoint).
+TEXT = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+            rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                             "mrope_interleaved": True})
+DEEPSTACK_LAYERS = 3  # the 8B vision tower feeds DeepStack features after decoder layers 0, 1, 2
+
+
+def build_config():
+    from transformers import Qwen3VLConfig
+
+    # Only the decoder is exported; the vision tower is tiny, with the 8B's output width
+    # and number of DeepStack features, since the decoder's inputs depend on those.
+    return Qwen3VLConfig(
+        text_config=TEXT,
+        vision_config=dict(depth=DEEPSTACK_LAYERS, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=TEXT["hidden_size"], patch_size=4, spatial_merge_size=2,
+                           temporal_patch_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=list(range(DEEPSTACK_LAYERS))),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=False,
+    )
+
+
+def shape_only_model(family, config):
+    """The model with every parameter of more than 1-D a zero-strided tensor of its shape.
+
+    Norm weights and other 1-D parameters get distinct random values: the exporter merges
+    identical small initializers (DESIGN.md section 5), which no real checkpoint has.
+    """
+    import torch
+
+    with torch.device("meta"):
+        model = family.model_class()._from_config(config, attn_implementation="sdpa")
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if param.dim() > 1:
+                value = torch.zeros((), dtype=torch.float32).expand(param.shape)
+            else:
+                value = 1 + 0.1 * torch.randn(param.shape, generator=generator)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = torch.zeros(buffer.shape, dtype=buffer.dtype)
+    # RoPE's inverse frequencies are computed at construction: rebuild them on the CPU.
+    text = family.text_model(model)
+    rotary = type(text.rotary_emb)(config=text.config)
+    text.rotary_emb = rotary
+    return model.eval()
+
+
+def trace_feeds(family, hidden: int):
+    """Decoder feeds of the tiny Qwen3-VL's trace prompt, widened to ``hidden``: the real
+    positions and visual mask, zero embeddings (values do not change the graph)."""
+    import torch
+
+    from vskip_compile.models.export import _trace_prompt
+    from vskip_compile.models.inputs import prepare_decoder_inputs
+    from vskip_compile.models.loading import load_model
+    from vskip_compile.models.wrappers import prefill_input_names
+
+    tiny = load_model("tiny:qwen3_vl")
+    feeds = prepare_decoder_inputs(tiny.family, tiny.model, _trace_prompt(tiny)).feeds
+    batch, seq, _ = feeds["inputs_embeds"].shape
+    visual = int(feeds["visual_pos_masks"].sum())
+    feeds["inputs_embeds"] = torch.zeros(batch, seq, hidden)
+    feeds["deepstack_visual_embeds"] = torch.zeros(DEEPSTACK_LAYERS, visual, hidden)
+    return tuple(feeds[name] for name in prefill_input_names(family)), tiny
+
+
+def export(out: Path) -> Path:
+    import onnx_ir as ir
+    import torch
+
+    from vskip_compile.models.export import SIDECAR, _prefill_dynamic_shapes, describe
+    from vskip_compile.models.family import get_family
+    from vskip_compile.models.loading import LoadedModel
+    from vskip_compile.models.wrappers import PrefillDecoder, output_names, prefill_input_names
+
+    out.mkdir(parents=True, exist_ok=True)
+    family = get_family("qwen3_vl")
+    start = time.perf_counter()
+    model = shape_only_model(family, build_config())
+    args, _ = trace_feeds(family, TEXT["hidden_size"])
+    loaded = LoadedModel(family, model, "Qwen3-VL-8B dimensions, weights absent", None)
+    chatter = io.StringIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), torch.no_grad(), \
+            family.export_patches(model):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            PrefillDecoder(family, model), args, dynamo=True, input_names=prefill_input_names(family),
+            output_names=output_names(TEXT["num_hidden_layers"]), dynamic_shapes=_prefill_dynamic_shapes(loaded),
+            opset_version=20, verbose=False)
+    print(f"traced in {time.perf_counter() - start:.0f} s")
+    # Large initializers become references into a sparse file: their bytes are never made.
+    data = "weights.absent"
+    offset = 0
+    for value in program.model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.size <= 4096:
+            continue
+        length = tensor.size * tensor.dtype.itemsize
+        value.const_value = ir.ExternalTensor(data, offset, length, tensor.dtype, shape=tensor.shape,
+                                              name=value.name, base_dir=str(out))
+        offset += length
+    ir.save(program.model, out / "prefill.onnx")
+    with open(out / data, "wb") as handle:
+        handle.truncate(offset)  # sparse: compile_model checks the file covers every reference
+    sidecar = describe(loaded, 20, False)
+    del sidecar["decode"]
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    print(f"wrote {out / 'prefill.onnx'} ({offset / 2**30:.1f} GiB of weights referenced, none written)")
+
+    from vskip_compile.compile import compile_model
+
+    report = compile_model(out / "prefill.onnx", PLAN, out / "preset20.onnx", force=True)
+    print(report.summary())
+    return out / "preset20.onnx"
+
+
+# ----------------------------------------------------------------------- analytic cross-check
+
+def analytic_layer(action: str, S: int, V: int, U: int, scope: str) -> int:
+    """DESIGN.md section 6 per layer, with the rows each part runs on under section 2's semantics:
+    q/o projections and the n_q x S attention products for query rows, K/V for all S rows,
+    the FFN for its live rows. The products are the graph's full (masked) n_q x S."""
+    d, m = TEXT["hidden_size"], TEXT["intermediate_size"]
+    dq = TEXT["num_attention_heads"] * TEXT["head_dim"]
+    dkv = TEXT["num_key_value_heads"] * TEXT["head_dim"]
+    T = S - V
+    frozen = U if scope == "prefix_through_visual" else T
+    n_attn, n_ffn = {"full": (S, S), "skip_visual_attention": (T, S), "skip_visual_ffn": (S, T),
+                     "freeze": (frozen, frozen)}[action]
+    return 2 * n_attn * 2 * d * dq + 2 * S * 2 * d * dkv + 4 * n_attn * S * dq + 6 * n_ffn * d * m
+
+
+def analytic_total(actions: list[str], S: int, V: int, U: int, scope: str) -> int:
+    head = 2 * TEXT["hidden_size"] * TEXT["vocab_size"]  # logits of the last position
+    return sum(analytic_layer(a, S, V, U, scope) for a in actions) + head
+
+
+def curve(out: Path) -> None:
+    from vskip_compile.flops import count_flops, ideal_speedup, save_plot
+    from vskip_compile.plan import load_plan
+
+    plan, _ = load_plan(PLAN)
+    actions, scope = [a.value for a in plan.actions], plan.freeze_scope.value
+    vanilla_path, compiled_path = out / "prefill.onnx", out / "preset20.onnx"
+    # Graph counts at a few layouts; each must equal the analytic formula exactly.
+    points = []
+    for visual, text in ((1024, 64), (1024, 100), (1280, 64), (1296, 80), (1480, 50), (576, 64)):
+        S, U = visual + text, text  # layout: [visual][text]; OpSkip's freeze scope here is "visual"
+        t0 = time.perf_counter()
+        vanilla = count_flops(vanilla_path, S, visual)
+        compiled = count_flops(compiled_path, S, visual)
+        seconds = time.perf_counter() - t0
+        for report, acts in ((vanilla, ["full"] * len(actions)), (compiled, actions)):
+            expected = analytic_total(acts, S, visual, U, scope)
+            if report.total - report.other != expected:
+                raise SystemExit(f"graph count {report.total} != analytic {expected} at V={visual}, T={text}")
+        saved = 1 - compiled.total / vanilla.total
+        points.append({"visual": visual, "text": text, "vanilla_tflops": vanilla.total / 1e12,
+                       "preset20_tflops": compiled.total / 1e12, "reduction": saved,
+                       "ideal_speedup": ideal_speedup(vanilla, compiled), "other_flops": vanilla.other})
+        print(f"V={visual:5d} T={text:4d}: {vanilla.total / 1e12:7.3f} -> {compiled.total / 1e12:7.3f} TFLOPs "
+              f"(-{saved:.2%}, {ideal_speedup(vanilla, compiled):.3f}x)  graph == formula  [{seconds:.0f} s]")
+        if (visual, text) == (1024, 64):
+            save_plot(vanilla, compiled, out / "flops_preset20.png")
+            (out / "vanilla_1024v_64t.json").write_text(vanilla.to_json())
+            (out / "preset20_1024v_64t.json").write_text(compiled.to_json())
+            print(compiled.format_table())
+
+    # The reduction over the mix, from the formula the graph counts were just checked against.
+    def reduction(V, T):
+        S = V + T
+        return 1 - analytic_total(actions, S, V, T, scope) / analytic_total(["full"] * len(actions), S, V, T, scope)
+
+    grid = {T: {V: reduction(V, T) for V in range(256, 2049, 128)} for T in (32, 50, 64, 100, 150, 200)}
+    print("\nreduction by visual rows V (columns) and text rows T (rows):")
+    print("   T \\ V " + "".join(f"{V:>7d}" for V in grid[64]))
+    for T, row in grid.items():
+        print(f"{T:>8d} " + "".join(f"{r:>7.1%}" for r in row.values()))
+    matches = {}
+    for T in (50, 64, 100):
+        best = min(range(64, 4097), key=lambda V: abs(reduction(V, T) - PUBLISHED))
+        matches[T] = {"visual": best, "reduction": reduction(best, T)}
+        print(f"T={T}: V={best} gives -{reduction(best, T):.2%} (published -{PUBLISHED:.1%})")
+    limit = reduction(100000, 64)
+    print(f"limit for V >> T: -{limit:.2%}")
+    (out / "flops_curve.json").write_text(json.dumps(
+        {"plan": str(PLAN.relative_to(ROOT)), "dims": TEXT, "graph_points": points,
+         "grid": {str(T): {str(V): r for V, r in row.items()} for T, row in grid.items()},
+         "published_reduction": PUBLISHED, "matches": {str(k): v for k, v in matches.items()}}, indent=2))
+    print(f"wrote {out / 'flops_curve.json'} and {out / 'flops_preset20.png'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("export", "curve"))
+    parser.add_argument("-o", "--output", required=True, type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        export(args.output)
+    else:
+        curve(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
