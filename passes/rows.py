@@ -190,6 +190,8 @@ class _Clone:
 
 
 def _elementwise(c: _Clone, node: gs.Node, r_inputs: list[Restricted]):
+    if any(_dims(r.original) is None for r in r_inputs):
+        c.fail(node, "the shape of its input is unknown (run shape inference on the graph)")
     offsets = {r.axis - len(_dims(r.original)) for r in r_inputs}
     if len(offsets) != 1:
         c.fail(node, "its inputs carry the rows on different broadcast axes")

@@ -204,3 +204,20 @@ def test_run_compiled_with_visual_rows(workdir, tmp_path):
 def test_validate_without_sidecar_needs_model(workdir, capsys):
     (workdir / "vskip.json").unlink()
     _fails(capsys, ["validate", str(workdir / "prefill.onnx")], "--model")
+
+
+def test_every_tensor_external_and_another_working_directory(exported, tmp_path, monkeypatch):
+    """Small constants the rewrite reads may live in external data too; paths are the model's."""
+    from vskip_compile.runner import make_session
+
+    source = tmp_path / "src"
+    source.mkdir()
+    onnx.save_model(onnx.load(exported("qwen2_vl", 20) / "prefill.onnx"), source / "prefill.onnx",
+                    save_as_external_data=True, location="w.data", size_threshold=0)
+    (tmp_path / "plan.json").write_text(json.dumps(TINY_PLAN))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["compile", str(source / "prefill.onnx"), "--plan", str(tmp_path / "plan.json")]) == 0
+    session = make_session(source / "prefill.vskip.onnx")
+    assert "vskip_text_rows" in [i.name for i in session.get_inputs()]

@@ -141,7 +141,7 @@ def export(out: Path) -> Path:
         tensor = value.const_value
         if tensor is None or tensor.size <= 4096:
             continue
-        length = tensor.size * tensor.dtype.itemsize
+        length = int(tensor.size * tensor.dtype.itemsize)  # itemsize is a float (4-bit types)
         value.const_value = ir.ExternalTensor(data, offset, length, tensor.dtype, shape=tensor.shape,
                                               name=value.name, base_dir=str(out))
         offset += length

@@ -152,6 +152,59 @@ class Validate(Command):
         return 0 if report.passed else 1
 
 
+# --- paste into vskip_compile/cli.py (and add Bench() to COMMANDS) ---
+class Bench(Command):
+    """Time a prefill graph against its compiled versions, side by side, on ONNX Runtime CPU.
+
+    Each --plan is compiled from MODEL.onnx (an export with its vskip.json sidecar). The
+    vanilla graph and every compiled graph (with --torch also the PyTorch skip reference)
+    run in one process on random inputs of --visual-rows image rows inside --text-rows
+    text rows: warm-up runs, then rounds in which every config runs once, in an order that
+    rotates between rounds. Prints per config the median and spread and per plan the
+    speedup, the paired (same-round) speedup, the ideal speedup from FLOPs and the share
+    of it realized; --json and --markdown write the full result.
+    """
+
+    name = "bench"
+
+    def add_arguments(self, parser):
+        from .bench import DEFAULT_ROUNDS, DEFAULT_TEXT_ROWS, DEFAULT_VISUAL_ROWS, DEFAULT_WARMUP
+
+        parser.add_argument("model", metavar="MODEL.onnx", help="a prefill graph from vskip export (not compiled)")
+        parser.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
+                            help="a vskip plan or OpSkip policy; repeat for several")
+        parser.add_argument("--visual-rows", type=int, default=DEFAULT_VISUAL_ROWS, metavar="N",
+                            help=f"image rows in the prompt (default {DEFAULT_VISUAL_ROWS})")
+        parser.add_argument("--text-rows", type=int, default=DEFAULT_TEXT_ROWS, metavar="M",
+                            help=f"text rows in the prompt (default {DEFAULT_TEXT_ROWS})")
+        parser.add_argument("--text-prefix", type=int, metavar="P",
+                            help="text rows before the image (default: a quarter of --text-rows)")
+        parser.add_argument("--threads", type=int, help="intra-op threads, ONNX Runtime and PyTorch (default: all cores)")
+        parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"warm-up runs per config (default {DEFAULT_WARMUP})")
+        parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"timed rounds (default {DEFAULT_ROUNDS})")
+        parser.add_argument("--torch", action="store_true", help="also time the PyTorch skip reference")
+        parser.add_argument("--workdir", metavar="DIR",
+                            help="keep the compiled graphs here (default: beside MODEL, removed afterwards)")
+        parser.add_argument("--sidecar", metavar="FILE.json",
+                            help="the model's dims (vskip.json fields) when MODEL has no vskip.json beside it")
+        parser.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
+        parser.add_argument("--markdown", metavar="OUT.md", help="write a section for docs/benchmarks.md")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+    def run(self, args):
+        from .bench import format_table, run_bench
+
+        result = run_bench(args.model, args.plan, visual_rows=args.visual_rows, text_rows=args.text_rows,
+                           prefix_rows=args.text_prefix, threads=args.threads, warmup=args.warmup,
+                           rounds=args.rounds, pytorch=args.torch, workdir=args.workdir, sidecar=args.sidecar,
+                           seed=args.seed, json_path=args.json, markdown_path=args.markdown, progress=_progress)
+        print(format_table(result))
+        for path in (args.json, args.markdown):
+            if path:
+                _progress(f"wrote {path}")
+        return 0
+
+
 class Inspect(Command):
     """Find every decoder layer of an ONNX graph by structure and print a table of them."""
 
@@ -182,7 +235,7 @@ class Demo(Command):
         return 0 if run_demo(args.workdir)["ok"] else 1
 
 
-COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Run()]
+COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Bench(), Run()]
 
 
 def _sequence_length(feeds) -> int:

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -69,7 +70,24 @@ def load_graph(path: str | Path) -> onnx.ModelProto:
         if data.stat().st_size < needed:
             raise VskipError(f"{path}: external data file {data} is truncated "
                              f"({data.stat().st_size} bytes, the graph needs {needed})")
+    _inline_small_external(model, path.parent)
     return model
+
+
+def _inline_small_external(model: onnx.ModelProto, base_dir: Path, limit: int = 4096) -> None:
+    """Read external tensors of at most ``limit`` bytes into the graph.
+
+    The rewrite reads a few small constants (axes, shapes); any exporter may have put them
+    in external data. Weights stay where they are.
+    """
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for tensor in _all_initializers(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and int(info.get("length", limit + 1)) <= limit:
+            load_external_data_for_tensor(tensor, str(base_dir))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def external_files(model: onnx.ModelProto) -> dict[str, int]:
@@ -131,7 +149,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     else:
         plan_obj, info = load_plan(plan)
 
-    graph = import_onnx(model)
+    graph = import_onnx(_with_shapes(model))
     structure = locate_layers(graph, scopes=node_scopes(model))
     family = _sidecar_family(model_path)
     info.check_model(family or info.family or "decoder", len(structure.layers))
@@ -154,6 +172,39 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
         seconds=time.perf_counter() - start, external_data=data_files, table=table,
     )
     return report
+
+
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make sure every tensor has a shape (the legacy exporter writes few).
+
+    The row rewrite needs ranks and must tell whether a per-row side input's axis is the
+    sequence axis, so unknown dims are not enough. ONNX Runtime's symbolic inference
+    follows Shape -> Concat -> Reshape arithmetic and names dims after the graph inputs;
+    ONNX's own inference is the fallback. Both read initializer dims, never their data.
+    """
+    if _shapes_complete(model):
+        return model
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return inferred
+    except Exception:  # unsupported ops: fall back to ONNX's inference below
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # best effort: the rewrite reports what stays unknown
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"shape inference failed ({first}); continuing with the graph's own shapes")
+        return model
+
+
+def _shapes_complete(model: onnx.ModelProto) -> bool:
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    known |= {t.name for t in model.graph.initializer}
+    return all(o in known for node in model.graph.node for o in node.output if o)
 
 
 def _sidecar_family(model_path: Path) -> str | None:
