@@ -63,7 +63,6 @@ _ABSENT = "vskip-flops-weights-not-read"
 _INDEX_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 # vskip's exporter names Qwen3-VL's DeepStack visual axis so (models/export.py).
 _VISUAL_DIM = "visual_rows"
-PROJ_ROLES = ("q", "k", "v", "qkv", "o")
 PRODUCT_ROLES = ("qk", "pv")
 
 
