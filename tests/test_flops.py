@@ -214,7 +214,6 @@ def test_report_outputs(exported, tmp_path):
     assert data["visual"] + data["text"] == sum(x["total"] for x in data["layers"])
     table = compiled.format_table()
     assert table.count("\n") == len(compiled.layers) + 4 and "freeze" in table
-    pytest.importorskip("matplotlib")
     png = save_plot(vanilla, compiled, tmp_path / "flops.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FlopsError, match="different prompt layouts"):

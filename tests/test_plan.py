@@ -277,7 +277,6 @@ def test_example_tiny_plan():
 
 
 def test_example_tiny_plan_fits_the_tiny_preset():
-    pytest.importorskip("transformers")
     from vskip_compile.models.family import get_family
 
     _, info = load_plan(shipped("example_tiny.json"))

@@ -41,7 +41,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -52,6 +51,7 @@ import numpy as np
 
 from . import __version__
 from .errors import VskipError
+from .files import output_directory, write_text_atomic
 from .plan import Action, FreezeScope, Plan, load_plan
 from .visual_rows import ROW_INPUTS, row_feeds
 
@@ -506,7 +506,7 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     visual = layout(visual_rows, text_rows, prefix_rows)
     for path in (json_path, markdown_path):
         if path is not None:
-            _output_directory(Path(path))
+            output_directory(path)
     if compiled_plan(load_graph(model)) is not None:
         raise VskipError(f"{model}: already compiled by vskip; bench the original graph, the plans are compiled here")
     dims = read_dims(model, sidecar)
@@ -516,7 +516,7 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     directory = Path(workdir) if keep else model.parent
     if keep:
         directory.mkdir(parents=True, exist_ok=True)
-    elif not os.access(directory, os.W_OK):
+    elif not _writable(directory):
         raise VskipError(f"{directory}: not writable, and the compiled graphs go beside the source by default; "
                          "pass --workdir DIR")
     compiled: list[Path] = []
@@ -641,37 +641,20 @@ def _vanilla_block(rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- reports
 
-def _output_directory(path: Path) -> Path:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise VskipError(f"{path}: no such directory {directory}")
-    if not os.access(directory, os.W_OK):
-        raise VskipError(f"{path}: directory {directory} is not writable")
-    return directory
-
-
-def _write_atomic(path: str | Path, text: str) -> None:
-    """Temp file + rename, so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_output_directory(path))
+def _writable(directory: Path) -> bool:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not reports
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        output_directory(directory / "probe")
+        return True
+    except VskipError:
+        return False
 
 
 def write_json(result: dict, path: str | Path) -> None:
-    _write_atomic(path, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
 
 
 def write_markdown(result: dict, path: str | Path) -> None:
-    _write_atomic(path, to_markdown(result))
+    write_text_atomic(path, to_markdown(result))
 
 
 def _f(value, spec: str, missing: str = "-") -> str:

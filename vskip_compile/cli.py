@@ -8,6 +8,7 @@ need them, so ``vskip --help`` and graph-only commands start fast.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -74,7 +75,7 @@ class Run(Command):
         parser.add_argument("--force", action="store_true", help="overwrite OUT.npz if it exists")
 
     def run(self, args):
-        from .npz import read_npz, write_npz_atomic
+        from .files import read_npz, write_npz_atomic
         from .runner import make_session, run_session
         from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds
 
@@ -112,16 +113,80 @@ class Compile(Command):
         parser.add_argument("--plan", required=True, metavar="PLAN.json")
         parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL")
         parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists")
+        parser.add_argument("--report", action="store_true",
+                            help="count FLOPs before and after: print the table and the ideal speedup, write "
+                                 "OUT.flops.json and a per-layer plot OUT.flops.png")
+        parser.add_argument("--visual-rows", type=int, default=1024, metavar="N",
+                            help="visual rows of the --report workload (default 1024)")
+        parser.add_argument("--text-rows", type=int, default=64, metavar="M",
+                            help="text rows of the --report workload, after the visual block (default 64)")
 
     def run(self, args):
         from .compile import compile_model
 
         report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress)
+        if args.report:
+            _flops_report(args.model, report.output, args.visual_rows, args.text_rows)
         _progress(report.table)
         for index, action in enumerate(report.actions):
             if action is not Action.FULL:
                 _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added)")
         _progress(report.summary())
+        return 0
+
+
+def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int) -> None:
+    from .flops import count_flops, format_comparison, ideal_speedup, save_plot
+    from .files import write_text_atomic
+
+    rows = visual_rows + text_rows
+    vanilla = count_flops(vanilla_path, sequence_length=rows, visual_rows=visual_rows)
+    compiled = count_flops(compiled_path, sequence_length=rows, visual_rows=visual_rows)
+    print(format_comparison(vanilla, compiled))
+    stem = Path(compiled_path).with_suffix("")
+    data = {"workload": {"sequence_length": rows, "visual_rows": visual_rows, "text_rows": text_rows},
+            "ideal_speedup": ideal_speedup(vanilla, compiled),
+            "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json())}
+    write_text_atomic(Path(f"{stem}.flops.json"), json.dumps(data, indent=2) + "\n")
+    save_plot(vanilla, compiled, Path(f"{stem}.flops.png"))
+    _progress(f"wrote {stem}.flops.json and {stem}.flops.png")
+
+
+class Flops(Command):
+    """Count a decoder graph's FLOPs per layer, operator class and row class (weights not needed).
+
+    With --compare COMPILED, also count the compiled graph and print the ideal speedup
+    FLOPs(MODEL) / FLOPs(COMPILED). Matrix products only (MatMul, Gemm, Attention);
+    elementwise work is not counted.
+    """
+
+    name = "flops"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx")
+        parser.add_argument("--compare", metavar="COMPILED.onnx")
+        parser.add_argument("--visual-rows", type=int, default=1024, metavar="N")
+        parser.add_argument("--text-rows", type=int, default=64, metavar="M", help="text rows after the visual block")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+        parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
+
+    def run(self, args):
+        from .flops import count_flops, format_comparison, ideal_speedup, save_plot
+
+        rows = args.visual_rows + args.text_rows
+        base = count_flops(args.model, sequence_length=rows, visual_rows=args.visual_rows)
+        if not args.compare:
+            print(base.to_json() if args.json else base.format_table())
+            return 0
+        other = count_flops(args.compare, sequence_length=rows, visual_rows=args.visual_rows)
+        if args.json:
+            print(json.dumps({"ideal_speedup": ideal_speedup(base, other), "vanilla": json.loads(base.to_json()),
+                              "compiled": json.loads(other.to_json())}, indent=2))
+        else:
+            print(format_comparison(base, other))
+        if args.plot:
+            save_plot(base, other, args.plot)
+            _progress(f"wrote {args.plot}")
         return 0
 
 
@@ -235,7 +300,7 @@ class Demo(Command):
         return 0 if run_demo(args.workdir)["ok"] else 1
 
 
-COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Bench(), Run()]
+COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run()]
 
 
 def _sequence_length(feeds) -> int:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +22,8 @@ from typing import Callable
 import onnx
 
 from .errors import VskipError
+from .files import output_directory, write_bytes_atomic
+from .shapes import with_shapes
 from .plan import Action, Plan, PlanInfo, load_plan, to_json
 
 PLAN_METADATA = "vskip.plan"
@@ -149,7 +149,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     else:
         plan_obj, info = load_plan(plan)
 
-    graph = import_onnx(_with_shapes(model))
+    graph = import_onnx(with_shapes(model))
     structure = locate_layers(graph, scopes=node_scopes(model))
     family = _sidecar_family(model_path)
     info.check_model(family or info.family or "decoder", len(structure.layers))
@@ -174,39 +174,6 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     return report
 
 
-def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Make sure every tensor has a shape (the legacy exporter writes few).
-
-    The row rewrite needs ranks and must tell whether a per-row side input's axis is the
-    sequence axis, so unknown dims are not enough. ONNX Runtime's symbolic inference
-    follows Shape -> Concat -> Reshape arithmetic and names dims after the graph inputs;
-    ONNX's own inference is the fallback. Both read initializer dims, never their data.
-    """
-    if _shapes_complete(model):
-        return model
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-        if inferred is not None:
-            return inferred
-    except Exception:  # unsupported ops: fall back to ONNX's inference below
-        pass
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # best effort: the rewrite reports what stays unknown
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"shape inference failed ({first}); continuing with the graph's own shapes")
-        return model
-
-
-def _shapes_complete(model: onnx.ModelProto) -> bool:
-    known = {v.name for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
-             if v.type.tensor_type.HasField("shape")}
-    known |= {t.name for t in model.graph.initializer}
-    return all(o in known for node in model.graph.node for o in node.output if o)
-
-
 def _sidecar_family(model_path: Path) -> str | None:
     sidecar = model_path.parent / "vskip.json"
     if not sidecar.is_file():
@@ -222,13 +189,7 @@ def _check_output(model_path: Path, output: Path, force: bool) -> None:
         raise VskipError(f"{output}: the output would overwrite the input graph; choose another -o")
     if output.exists() and not force:
         raise VskipError(f"{output}: exists; pass --force to overwrite it")
-    directory = output.parent if str(output.parent) else Path(".")
-    if not directory.is_dir():
-        raise VskipError(f"{directory}: no such directory")
-    try:
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as exc:
-        raise VskipError(f"{directory}: output directory is not writable ({exc.strerror})") from None
+    output_directory(output)
 
 
 def _copy_model_fields(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
@@ -274,19 +235,6 @@ def _write_atomic(model: onnx.ModelProto, source: Path, output: Path, force: boo
             tmp.unlink(missing_ok=True)
             raise
         copied.append(str(dst))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(model.SerializeToString())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; an output is not
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(output, model.SerializeToString())
     return copied
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

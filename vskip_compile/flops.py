@@ -51,6 +51,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import VskipError
+from .shapes import ort_symbolic_shapes
 from .visual_rows import SUFFIX_ROWS, TEXT_ROWS
 
 COUNTED = {"MatMul", "Gemm", "Attention"}
@@ -519,17 +520,13 @@ def _infer_onnx(model: onnx.ModelProto) -> dict[str, tuple]:
 
 
 def _infer_ort(model: onnx.ModelProto) -> dict[str, tuple]:
-    """ORT's symbolic inference folds Range/Shape chains (causal masks) that ONNX's leaves open.
-    It reads the ONNX ``Attention`` op as its contrib op of that name, so it is not used then."""
-    if any(n.op_type == "Attention" for n in model.graph.node):
+    """ORT's symbolic inference folds Range/Shape chains (causal masks) that ONNX's leaves open."""
+    infos = ort_symbolic_shapes(model, auto_merge=False)
+    if infos is None:
         return {}
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
-    except Exception:  # noqa: BLE001 - best effort: unknown shapes are reported per node
-        return {}
-    return _shape_map(inferred) if inferred is not None else {}
+    holder = onnx.ModelProto()
+    holder.graph.value_info.extend(infos)
+    return _shape_map(holder)
 
 
 # ---- FLOPs of one node

@@ -101,7 +101,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     from .models.loading import load_model
     from .models.reference import skip_reference
     from .models.wrappers import PrefillDecoder, prefill_input_names
-    from .npz import read_npz
+    from .files import read_npz
     from .runner import make_session, run_session
 
     graph = Path(graph)

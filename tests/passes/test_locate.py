@@ -22,7 +22,7 @@ from helpers import assert_close, feeds_numpy
 from vskip_compile.errors import VskipError
 from vskip_compile.models.family import get_family
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
-from vskip_compile.models.wrappers import PrefillDecoder, output_names, prefill_input_names
+from vskip_compile.models.wrappers import PrefillDecoder, prefill_input_names
 from vskip_compile.passes.locate import LocateError, format_table, locate_layers, locate_model, node_scopes
 
 OPSETS = [20, 23]
@@ -278,7 +278,6 @@ def test_refuses_cnn():
     assert isinstance(info.value, VskipError)
 
 
-@pytest.mark.skipif("llava" not in FAMILIES, reason="needs the llava family (CLIP vision tower)")
 def test_refuses_vision_encoder():
     """The tiny LLaVA's CLIP vision tower: attention layers, but pixels -> Conv patch embedding, no decoder."""
     tower = tiny_model("llava").model.model.vision_tower

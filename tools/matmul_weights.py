@@ -1,0 +1,64 @@
+"""Micro-benchmark: ONNX Runtime MatMul throughput vs rows, with weights that cannot stay cached.
+
+    python tools/matmul_weights.py            # rows 64, 256, 1088; 2 threads
+
+A chain of ``pairs`` x (896x4864, 4864x896) products, each with its own weights (17.4 MB
+apiece, 139 MB for 4 pairs), so every product streams its weights from memory as a
+decoder layer does. Frozen layers leave few text rows per weight byte; this measures
+what that costs per FLOP (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def chain_throughput(rows: int, pairs: int = 4, reps: int = 20, threads: int = 2, hidden: int = 896,
+                     ffn: int = 4864) -> tuple[float, float]:
+    """(milliseconds per MatMul, GFLOP/s) medians over ``reps`` runs after 3 warm-up runs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, previous = [], [], "x"
+    for i in range(pairs):
+        for name, shape in ((f"up{i}", (hidden, ffn)), (f"down{i}", (ffn, hidden))):
+            weights.append(numpy_helper.from_array((rng.random(shape, np.float32) - 0.5) * 0.03, name))
+            nodes.append(helper.make_node("MatMul", [previous, name], [f"{name}_out"]))
+            previous = f"{name}_out"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, hidden])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, rows, hidden])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.random((1, rows, hidden), np.float32)
+    for _ in range(3):
+        session.run(None, {"x": x})
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    flops = 2 * pairs * 2 * rows * hidden * ffn
+    return median * 1e3 / (2 * pairs), flops / median / 1e9
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[64, 256, 1088])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    for rows in args.rows:
+        ms, gflops = chain_throughput(rows, threads=args.threads)
+        print(f"rows {rows:5d}: {ms:6.3f} ms per MatMul, {gflops:6.1f} GFLOP/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
