@@ -81,6 +81,24 @@ def synthetic_prompt(family: Family, config, layout: Sequence[int | str], batch:
                   family.model_kwargs(input_ids, attention_mask, config))
 
 
+def prompt_from_processor(processor, text: str | list[str], images: list | None = None) -> Prompt:
+    """A prompt for a real checkpoint: its processor expands the image placeholders in
+    ``text`` to the right number of image tokens and turns ``images`` into pixels.
+
+    Rows are left-padded, as decoder prefill expects. Everything the processor returns
+    besides ids and mask goes to the model: pixel tensors (``pixel_*``, ``image_*``) and
+    modality ids such as ``mm_token_type_ids`` / ``token_type_ids``.
+    """
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    batch = dict(processor(text=text, images=images, return_tensors="pt", padding=True))
+    input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
+    pixels = {k: v for k, v in batch.items() if k.startswith(("pixel_", "image_"))}
+    rest = {k: v for k, v in batch.items() if k not in pixels}
+    return Prompt(input_ids, attention_mask, pixels, rest)
+
+
 @torch.no_grad()
 def prepare_decoder_inputs(family: Family, model: torch.nn.Module, prompt: Prompt) -> DecoderInputs:
     """Run the full model on ``prompt`` and return the prefill graph's feeds."""

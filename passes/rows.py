@@ -19,7 +19,7 @@ second-to-last axis, a Softmax over another axis, ...); anything else raises
 Shapes come from the graph's value info: a side input is gathered when its aligned
 dimension is the row dimension (the same symbol or size), kept when it is 1, and refused
 when unknown. Row indices are a 1-D int64 tensor shared by every batch row, so plain
-``Gather``/``ScatterElements`` suffice (no NonZero, no boolean indexing: TensorRT-friendly).
+``Gather``/``ScatterND`` suffice (no NonZero, no boolean indexing: TensorRT-friendly).
 """
 
 from __future__ import annotations
@@ -91,20 +91,32 @@ class RowSubset:
         return self._gathers[key]
 
     def scatter(self, full: gs.Tensor, rows: gs.Variable) -> gs.Variable:
-        """``full`` [B,S,D] with its rows replaced by ``rows`` [B,n,D] (ScatterElements, axis 1)."""
-        index = self._index_like(rows)
-        out = self.builder.op("ScatterElements", [full, index, rows], {"axis": 1}, full.dtype)
+        """``full`` [B,S,D] with its rows replaced by ``rows`` [B,n,D].
+
+        ScatterND with (batch, row) index pairs writes whole rows; ScatterElements would
+        compute an index per element and ran 4x slower on ONNX Runtime (0.32 vs 0.08 ms
+        for 64 of 1088 rows of width 896).
+        """
+        out = self.builder.op("ScatterND", [full, self._row_pairs(full), rows], dtype=full.dtype)
         out.shape = None if full.shape is None else list(full.shape)  # later layers read it
         self.known_rows[id(out)] = rows
         return out
 
-    def _index_like(self, rows: gs.Variable) -> gs.Variable:
-        # One [B,n,D] index tensor serves every scatter of the stream: all have that shape.
+    def _row_pairs(self, full: gs.Tensor) -> gs.Variable:
+        """[B, n, 2] int64: (b, row) for every batch row b and kept row; built once."""
         if not self._scatter_index:
             b = self.builder
-            column = b.op("Unsqueeze", [self.indices, b.const(np.array([0, 2], np.int64), "axes")], dtype=np.int64)
-            shape = b.op("Shape", [rows], dtype=np.int64)
-            self._scatter_index[0] = b.op("Expand", [column, shape], dtype=np.int64)
+            i64 = lambda values, hint: b.const(np.array(values, np.int64), hint)  # noqa: E731
+            batch = b.op("Slice", [b.op("Shape", [full], dtype=np.int64), i64([0], "start"), i64([1], "end")],
+                         dtype=np.int64)  # [1]: B
+            batch_ids = b.op("Range", [i64(0, "zero"), b.op("Squeeze", [batch], dtype=np.int64), i64(1, "one")],
+                             dtype=np.int64)  # [B]
+            shape = b.op("Concat", [batch, self.count, i64([1], "one_dim")], {"axis": 0}, dtype=np.int64)
+            rows = b.op("Expand", [b.op("Unsqueeze", [self.indices, i64([0, 2], "axes")], dtype=np.int64), shape],
+                        dtype=np.int64)  # [B, n, 1]
+            batches = b.op("Expand", [b.op("Unsqueeze", [batch_ids, i64([1, 2], "axes")], dtype=np.int64), shape],
+                           dtype=np.int64)  # [B, n, 1]
+            self._scatter_index[0] = b.op("Concat", [batches, rows], {"axis": 2}, dtype=np.int64)
         return self._scatter_index[0]
 
 

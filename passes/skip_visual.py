@@ -7,12 +7,12 @@ rows that stay live (a graph input, ``vskip_text_rows``: every row that is not v
     
     skip visual attention:
               h_T = Gather(h, T);  a_T = a restricted to T     (queries, o_proj: T only;
-              mid = ScatterElements(h, T, h_T + a_T)             K/V still from every row of h)
+              mid = ScatterND(h, T, h_T + a_T)             K/V still from every row of h)
               out = mid + f(mid)                                (FFN on every row)
     skip visual FFN:
               mid as before;  mid_T = Gather(mid, T)
-              out = ScatterElements(mid, T, mid_T + f(mid_T))
-    freeze:   mid_T = h_T + a_T;  out = ScatterElements(h, T, mid_T + f(mid_T))
+              out = ScatterND(mid, T, mid_T + f(mid_T))
+    freeze:   mid_T = h_T + a_T;  out = ScatterND(h, T, mid_T + f(mid_T))
 
 Skipped rows pass through on the residual; keys and values, and so the ``present.*``
 outputs, are still computed from every row of the layer's input, in the original row

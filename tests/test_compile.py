@@ -117,9 +117,9 @@ def test_rewrite_fires_and_keeps_the_cache_outputs(exported, tmp_path):
     report = compile_model(source, plan, tmp_path / "c.onnx")
     before, after = onnx.load(source), onnx.load(tmp_path / "c.onnx")
     ops = [n.op_type for n in after.graph.node]
-    assert "ScatterElements" not in [n.op_type for n in before.graph.node]
+    assert "ScatterND" not in [n.op_type for n in before.graph.node]
     # one scatter per skipping layer; gathers for the live rows and their per-row side inputs
-    assert ops.count("ScatterElements") == 3
+    assert ops.count("ScatterND") == 3
     assert ops.count("Gather") > [n.op_type for n in before.graph.node].count("Gather")
     assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
     assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input] + ["vskip_text_rows"]
@@ -256,3 +256,13 @@ def test_transformers_exporter_graph_compiles(opset, tmp_path):
     assert len(names) == 1 + len(cache)
     for name, expected in zip(names[1:], cache):
         assert_close(got[name], expected, what=name)
+
+
+def test_empty_plan_keeps_the_source_nodes_in_order(exported, tmp_path):
+    source = exported("qwen2_vl", 20) / "prefill.onnx"
+    compile_model(source, Plan.empty(4), tmp_path / "empty.onnx")
+    before, after = onnx.load(source), onnx.load(tmp_path / "empty.onnx")
+    assert [(n.op_type, list(n.input), list(n.output)) for n in after.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in before.graph.node]
+    assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input] + ["vskip_text_rows"]
+    assert row_input_names(after) == ["vskip_text_rows"]

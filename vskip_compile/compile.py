@@ -135,7 +135,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     from onnx_graphsurgeon import export_onnx, import_onnx
 
     from .passes.locate import format_table, locate_layers, node_scopes
-    from .passes.skip_visual import skip_visual_rows
+    from .passes.skip_visual import row_inputs_for, skip_visual_rows
 
     start = time.perf_counter()
     model_path = Path(model_path)
@@ -158,20 +158,26 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
                  f"({structure.layers[0].attention.kind if structure.layers else '-'} attention)")
     nodes_before = len(graph.nodes)
     table = format_table(structure)
-    result = skip_visual_rows(structure, plan_obj)
-    compiled = export_onnx(graph)
-    _copy_model_fields(model, compiled)
+    if plan_obj.is_empty:
+        # The source graph itself, node for node and in its own order, plus the row input:
+        # identical numbers and the same execution plan, so it cannot be slower.
+        compiled, row_inputs, added = model, row_inputs_for(plan_obj), {}
+        compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
+                                                                       [f"{name}_count"]) for name in row_inputs)
+    else:
+        result = skip_visual_rows(structure, plan_obj)
+        compiled, row_inputs = export_onnx(graph), result.row_inputs
+        added = {c.index: c.nodes_added for c in result.layers}
+        _copy_model_fields(model, compiled)
     _set_metadata(compiled, PLAN_METADATA, json.loads(to_json(plan_obj, family=family or info.family)))
-    _set_metadata(compiled, ROWS_METADATA, result.row_inputs)
+    _set_metadata(compiled, ROWS_METADATA, row_inputs)
     data_files = _write_atomic(compiled, model_path, output, force, progress)
-    report = CompileReport(
+    return CompileReport(
         source=str(model_path), output=str(output), layers_found=len(structure.layers),
-        actions=list(plan_obj.actions), row_inputs=result.row_inputs, nodes_before=nodes_before,
-        nodes_after=len(compiled.graph.node),
-        nodes_added_per_layer={c.index: c.nodes_added for c in result.layers},
+        actions=list(plan_obj.actions), row_inputs=row_inputs, nodes_before=nodes_before,
+        nodes_after=len(compiled.graph.node), nodes_added_per_layer=added,
         seconds=time.perf_counter() - start, external_data=data_files, table=table,
     )
-    return report
 
 
 def _sidecar_family(model_path: Path) -> str | None:
