@@ -51,7 +51,7 @@ import numpy as np
 
 from . import __version__
 from .errors import VskipError
-from .files import output_directory, write_text_atomic
+from .files import copy_file_atomic, output_directory, write_text_atomic
 from .plan import Action, FreezeScope, Plan, load_plan
 from .visual_rows import ROW_INPUTS, row_feeds
 
@@ -605,13 +605,7 @@ def _stage_source(model: Path, directory: Path, progress) -> Path:
         if not dst.exists():
             if progress:
                 progress(f"copying {src.stat().st_size / 2**20:.0f} MiB of weights to {dst} once for every plan")
-            tmp = directory / f".{name}.bench-tmp"
-            try:
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dst)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            copy_file_atomic(src, dst)
     staged = directory / f".{model.stem}.bench-source.onnx"
     shutil.copyfile(model, staged)
     return staged

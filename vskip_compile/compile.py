@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable
 import onnx
 
 from .errors import VskipError
-from .files import output_directory, write_bytes_atomic
+from .files import copy_file_atomic, output_directory, write_bytes_atomic
 from .shapes import with_shapes
 from .plan import Action, Plan, PlanInfo, load_plan, to_json
 
@@ -233,13 +232,7 @@ def _write_atomic(model: onnx.ModelProto, source: Path, output: Path, force: boo
         if progress:
             progress(f"copying {src.stat().st_size / 2**20:.0f} MiB of weights to {dst} "
                      "(write the output beside the source to share them instead)")
-        tmp = directory / f".{name}.vskip-tmp"
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        copy_file_atomic(src, dst)
         copied.append(str(dst))
     write_bytes_atomic(output, model.SerializeToString())
     return copied

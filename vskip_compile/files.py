@@ -7,6 +7,7 @@ reader (or a failed run) never leaves half a file; errors are one-line VskipErro
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -37,6 +38,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     _write_atomic(Path(path), lambda handle: handle.write(data))
+
+
+def copy_file_atomic(source: str | Path, target: str | Path) -> None:
+    """Copy through a temporary name in the target's directory, then rename."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.vskip-tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def output_directory(path: str | Path) -> Path:
