@@ -133,7 +133,7 @@ def locate_layers(graph: gs.Graph, scopes: dict[str, str] | None = None,
     With ``require_cache`` every layer must write its K and V to graph outputs (a prefill
     or decode graph); pass False for a decoder exported without a KV cache.
     """
-    view = _View(graph, scopes or {})
+    view = StructureView(graph, scopes or {})
     seeds = view.seeds()
     if not seeds:
         raise LocateError("not a decoder graph: it has no float graph input (inputs_embeds) and no embedding "
@@ -189,7 +189,7 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
 
 def format_table(structure: DecoderStructure) -> str:
     """One row per layer: attention kind, projection weights, cache outputs, module path."""
-    view = _View(structure.graph, structure.scopes)
+    view = StructureView(structure.graph, structure.scopes)
     header = ("layer", "attention", "o_proj", "down_proj", "present key", "present value", "module")
     rows = [header]
     for layer in structure.layers:
@@ -232,8 +232,13 @@ class _Walk:
     reasons: list[str] = field(default_factory=list)         # why nothing matched there
 
 
-class _View:
-    """A read-only view of the graph with the few structural questions the walks ask."""
+class StructureView:
+    """A read-only view of the graph with the few structural questions the walks ask.
+
+    Public because the FLOPs counter (vskip_compile/flops.py) classifies matrix products
+    with the same rules (what is a projection, where an attention core is), so the two
+    never disagree about a graph's structure.
+    """
 
     def __init__(self, graph: gs.Graph, scopes: dict[str, str]):
         self.graph = graph

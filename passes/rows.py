@@ -78,7 +78,7 @@ class RowSubset:
         self.builder = builder
         self.count = builder.op("Shape", [self.indices], dtype=np.int64)  # [1]: n
         self._gathers: dict[tuple[int, int], gs.Variable] = {}
-        self._scatter_index: dict[int, gs.Variable] = {}
+        self._pairs: gs.Variable | None = None
         # (id of a full tensor) -> its rows, when we built the full tensor by scattering them
         self.known_rows: dict[int, gs.Variable] = {}
 
@@ -104,7 +104,7 @@ class RowSubset:
 
     def _row_pairs(self, full: gs.Tensor) -> gs.Variable:
         """[B, n, 2] int64: (b, row) for every batch row b and kept row; built once."""
-        if not self._scatter_index:
+        if self._pairs is None:
             b = self.builder
             i64 = lambda values, hint: b.const(np.array(values, np.int64), hint)  # noqa: E731
             batch = b.op("Slice", [b.op("Shape", [full], dtype=np.int64), i64([0], "start"), i64([1], "end")],
@@ -116,8 +116,8 @@ class RowSubset:
                         dtype=np.int64)  # [B, n, 1]
             batches = b.op("Expand", [b.op("Unsqueeze", [batch_ids, i64([1, 2], "axes")], dtype=np.int64), shape],
                            dtype=np.int64)  # [B, n, 1]
-            self._scatter_index[0] = b.op("Concat", [batches, rows], {"axis": 2}, dtype=np.int64)
-        return self._scatter_index[0]
+            self._pairs = b.op("Concat", [batches, rows], {"axis": 2}, dtype=np.int64)
+        return self._pairs
 
 
 @dataclass

@@ -125,13 +125,14 @@ class Compile(Command):
         from .compile import compile_model
 
         report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress)
-        if args.report:
-            _flops_report(args.model, report.output, args.visual_rows, args.text_rows)
         _progress(report.table)
         for index, action in enumerate(report.actions):
             if action is not Action.FULL:
                 _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added)")
         _progress(report.summary())
+        if args.report:
+            sys.stderr.flush()
+            _flops_report(args.model, report.output, args.visual_rows, args.text_rows)
         return 0
 
 
@@ -287,7 +288,7 @@ class Inspect(Command):
 
 
 class Demo(Command):
-    """Run the demo: export a tiny Qwen2-VL, run it on ONNX Runtime and compare with PyTorch."""
+    """Run the demo: export a tiny Qwen2-VL, check it on ONNX Runtime against PyTorch, compile, validate, time it."""
 
     name = "demo"
 

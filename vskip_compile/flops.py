@@ -295,9 +295,9 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
     _refuse_unknown_matrix_ops(stripped.graph)
     shapes = _Shapes(stripped, graph)
 
-    from .passes.locate import _View  # the compiler's own structural rules (projection, core)
+    from .passes.locate import StructureView  # the compiler's own structural rules (projection, core)
 
-    view = _View(graph, {})
+    view = StructureView(graph, {})
     roles = _attribute(view, graph)
     _cross_check(graph, roles)
     live = {S - V, U}  # row counts of the row subsets a compiled graph computes on
