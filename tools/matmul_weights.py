@@ -1,6 +1,7 @@
 """Micro-benchmark: ONNX Runtime MatMul throughput vs rows, with weights that cannot stay cached.
 
     python tools/matmul_weights.py            # rows 64, 256, 1088; 2 threads
+    python tools/matmul_weights.py --kv       # one K+V product vs separate K and V products
 
 A chain of ``pairs`` x (896x4864, 4864x896) products, each with its own weights (17.4 MB
 apiece, 139 MB for 4 pairs), so every product streams its weights from memory as a
@@ -49,11 +50,44 @@ def chain_throughput(rows: int, pairs: int = 4, reps: int = 20, threads: int = 2
     return median * 1e3 / (2 * pairs), flops / median / 1e9
 
 
+def single_product_ms(rows: int, k: int, n: int, reps: int = 200, threads: int = 2) -> float:
+    """Median milliseconds of one [1,rows,k] x [k,n] MatMul (weights stay cached)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.random((k, n), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, n])], [weight])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.random((1, rows, k), np.float32)
+    for _ in range(10):
+        session.run(None, {"x": x})
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 256, 1088])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kv", action="store_true",
+                        help="time K and V projections (896x128 each) against one fused 896x256 product")
     args = parser.parse_args(argv)
+    if args.kv:
+        for rows in args.rows:
+            one = single_product_ms(rows, 896, 128, threads=args.threads)
+            fused = single_product_ms(rows, 896, 256, threads=args.threads)
+            print(f"rows {rows:5d}: K or V 896x128 {one:.3f} ms (x2 = {2 * one:.3f}), fused 896x256 {fused:.3f} ms")
+        return 0
     for rows in args.rows:
         ms, gflops = chain_throughput(rows, threads=args.threads)
         print(f"rows {rows:5d}: {ms:6.3f} ms per MatMul, {gflops:6.1f} GFLOP/s")
