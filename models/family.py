@@ -47,9 +47,6 @@ class Family:
     position_rank: int = 1
     #: extra prefill inputs beyond inputs_embeds / attention_mask / position_ids.
     extra_inputs: tuple[ExtraInput, ...] = ()
-    #: whether the prefill attention mask is the 2-D [B, S] padding mask; families whose
-    #: decoder needs prepared 4-D masks (Gemma3) set this False and list them in extra_inputs.
-    uses_2d_mask: bool = True
 
     # --- model construction -------------------------------------------------------
     def model_class(self) -> type:

@@ -35,7 +35,6 @@ _MASKS = {"full_attention_mask": "full_attention", "sliding_attention_mask": "sl
 @register
 class Gemma3(Family):
     model_type = "gemma3"
-    uses_2d_mask = False
     extra_inputs = tuple(ExtraInput(name, {0: "batch", 2: "seq", 3: "seq"}, torch.bool) for name in _MASKS)
 
     def model_class(self):
