@@ -21,7 +21,6 @@ import numpy as np
 def chain_throughput(rows: int, pairs: int = 4, reps: int = 20, threads: int = 2, hidden: int = 896,
                      ffn: int = 4864) -> tuple[float, float]:
     """(milliseconds per MatMul, GFLOP/s) medians over ``reps`` runs after 3 warm-up runs."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -33,26 +32,13 @@ def chain_throughput(rows: int, pairs: int = 4, reps: int = 20, threads: int = 2
             previous = f"{name}_out"
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, hidden])],
                               [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, rows, hidden])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = rng.random((1, rows, hidden), np.float32)
-    for _ in range(3):
-        session.run(None, {"x": x})
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
+    median = _median_run_s(graph, rng.random((1, rows, hidden), np.float32), reps, threads, warmup=3)
     flops = 2 * pairs * 2 * rows * hidden * ffn
     return median * 1e3 / (2 * pairs), flops / median / 1e9
 
 
 def single_product_ms(rows: int, k: int, n: int, reps: int = 200, threads: int = 2) -> float:
     """Median milliseconds of one [1,rows,k] x [k,n] MatMul (weights stay cached)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -60,19 +46,26 @@ def single_product_ms(rows: int, k: int, n: int, reps: int = 200, threads: int =
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "one",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, n])], [weight])
+    return _median_run_s(graph, rng.random((1, rows, k), np.float32), reps, threads, warmup=10) * 1e3
+
+
+def _median_run_s(graph, x: np.ndarray, reps: int, threads: int, warmup: int) -> float:
+    """Median seconds of one run of ``graph`` (input "x") on ONNX Runtime CPU after warm-up."""
+    import onnxruntime as ort
+    from onnx import helper
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = rng.random((1, rows, k), np.float32)
-    for _ in range(10):
+    for _ in range(warmup):
         session.run(None, {"x": x})
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         session.run(None, {"x": x})
         times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+    return float(np.median(times))
 
 
 def main(argv=None) -> int:
