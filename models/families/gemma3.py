@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from ..family import ExtraInput, Family, ImagePrompt, register
+from .tiny import TINY_TEXT
 
 # Tiny vision tower: a 32 x 32 image in 4 x 4 patches (8 x 8 grid), average-pooled by the
 # projector to mm_tokens_per_image = 16 tokens (4 x 4).
@@ -47,9 +48,7 @@ class Gemma3(Family):
 
         return Gemma3Config(
             text_config=dict(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, vocab_size=320,
-                max_position_embeddings=1024,
+                TINY_TEXT, head_dim=16, query_pre_attn_scalar=16,
                 # Shorter than the test prompts (about 20-55 tokens) and than one image's 16
                 # tokens, so windowing cuts into both text and images.
                 sliding_window=8,

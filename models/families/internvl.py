@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..family import Family, ImagePrompt, register
+from .tiny import TINY_TEXT
 
 # The tiny preset's <img> / </img> ids. InternVLConfig does not carry them (they live in
 # the tokenizer), so they are fixed here, next to the context token id, outside the
@@ -46,9 +47,7 @@ class InternVL(Family):
         tokens = 9
         return InternVLConfig(
             text_config=dict(
-                model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                TINY_TEXT, model_type="qwen2",
             ),
             # 24 x 24 pixels in 4 x 4 patches: a 6 x 6 grid, pixel-shuffled by 0.5 to 3 x 3 tokens.
             vision_config=dict(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..family import Family, ImagePrompt, register
+from .tiny import TINY_TEXT
 
 
 def llava_image_tokens(config) -> int:
@@ -37,9 +38,7 @@ class Llava(Family):
 
         return LlavaConfig(
             text_config=dict(
-                model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                TINY_TEXT, model_type="llama",
             ),
             # 16 x 16 pixels in 4 x 4 patches: 16 image tokens.
             vision_config=dict(

@@ -6,6 +6,7 @@ host and never reaches the exported decoder."""
 from __future__ import annotations
 
 from ..family import register
+from .tiny import TINY_TEXT
 from .qwen2_vl import QwenVLBase
 
 
@@ -23,10 +24,7 @@ class Qwen2_5_VL(QwenVLBase):
 
         return Qwen2_5_VLConfig(
             text_config=dict(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
+                TINY_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
             ),
             # Two blocks so the tiny tower has both kinds: block 0 windowed, block 1 full.
             # window_size is in pixels: 16 / merge 2 / patch 4 = windows of 2 x 2 merged tokens.

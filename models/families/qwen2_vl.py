@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..family import Family, ImagePrompt, register
+from .tiny import TINY_TEXT
 
 # A tiny image: grid (t, h, w) in patches; the merger folds 2x2 patches into one token.
 _TINY_GRID = (1, 4, 8)
@@ -49,10 +50,7 @@ class Qwen2VL(QwenVLBase):
 
         return Qwen2VLConfig(
             text_config=dict(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
-                bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                TINY_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
             ),
             vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
                                patch_size=4, spatial_merge_size=2, temporal_patch_size=2),

@@ -24,6 +24,7 @@ import types
 import torch
 
 from ..family import ExtraInput, register
+from .tiny import TINY_TEXT
 from .qwen2_vl import QwenVLBase
 
 
@@ -45,9 +46,7 @@ class Qwen3VL(QwenVLBase):
 
         return Qwen3VLConfig(
             text_config=dict(
-                hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, vocab_size=320, max_position_embeddings=1024,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                TINY_TEXT, head_dim=16,
                 # Interleaved M-RoPE over head_dim / 2 = 8 frequencies: 4 temporal, 2 height, 2 width.
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
                                  "mrope_interleaved": True},

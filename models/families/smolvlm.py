@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..family import Family, ImagePrompt, register
+from .tiny import TINY_TEXT
 
 # The tiny preset's special tokens: inside the vocab and >= 256, so synthetic text
 # (ids < 256) never collides. Real checkpoints take the fake/global ids from the
@@ -40,9 +41,7 @@ class SmolVLM(Family):
 
         return SmolVLMConfig(
             text_config=dict(
-                model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+                TINY_TEXT, model_type="llama", tie_word_embeddings=False,
             ),
             # 32 x 32 pixels in 4 x 4 patches: 64 patches, 16 image tokens after the 2 x 2 shuffle.
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

@@ -319,23 +319,24 @@ def _scoped_node(model: onnx.ModelProto, op: str, scope_suffix: str) -> onnx.Nod
     return found[0]
 
 
-def test_refuses_o_proj_without_constant_weight(exported):
-    """Layer 2's o_proj weight becomes a graph input: no longer a projection, so the spine breaks there."""
-    model = onnx.load(exported("qwen2_vl", 20) / "prefill.onnx", load_external_data=False)
-    o_proj = _scoped_node(model, "MatMul", "layers.2.self_attn.o_proj")
+def _o_proj_weight_as_input(model: onnx.ModelProto, layer: int) -> onnx.ModelProto:
+    """The near miss: layer ``layer``'s o_proj weight becomes a graph input (no longer a constant)."""
+    o_proj = _scoped_node(model, "MatMul", f"layers.{layer}.self_attn.o_proj")
     weight = next(i for i in model.graph.initializer if i.name == o_proj.input[1])
     model.graph.input.append(helper.make_tensor_value_info("free_weight", TensorProto.FLOAT, list(weight.dims)))
     o_proj.input[1] = "free_weight"
+    return model
+
+
+def test_refuses_o_proj_without_constant_weight(exported):
+    """Layer 2's o_proj weight becomes a graph input: no longer a projection, so the spine breaks there."""
+    model = _o_proj_weight_as_input(onnx.load(exported("qwen2_vl", 20) / "prefill.onnx", load_external_data=False), 2)
     with pytest.raises(LocateError, match=r"^layer 2: .*2-D"):
         locate_model(model)
 
 
 def test_refuses_first_layer_without_projection(exported):
-    model = onnx.load(exported("qwen2_vl", 23) / "prefill.onnx", load_external_data=False)
-    o_proj = _scoped_node(model, "MatMul", "layers.0.self_attn.o_proj")
-    weight = next(i for i in model.graph.initializer if i.name == o_proj.input[1])
-    model.graph.input.append(helper.make_tensor_value_info("free_weight", TensorProto.FLOAT, list(weight.dims)))
-    o_proj.input[1] = "free_weight"
+    model = _o_proj_weight_as_input(onnx.load(exported("qwen2_vl", 23) / "prefill.onnx", load_external_data=False), 0)
     layers = _text_config("qwen2_vl").num_hidden_layers
     with pytest.raises(LocateError, match=rf"^layer 0: the graph has {layers} attention core\(s\).*2-D"):
         locate_model(model)
