@@ -16,6 +16,10 @@ aligned on the row axis, a MatMul whose left operand carries the rows on its
 second-to-last axis, a Softmax over another axis, ...); anything else raises
 ``RestrictError`` saying which op and why, rather than producing a wrong graph.
 
+The ONNX ``Attention`` op (opset 23) is re-emitted for the live queries with K/V as the
+cache holds them when they reach it through transformers' ``repeat_kv`` expansion: the op
+groups query heads itself (see ``_unrepeated_kv``).
+
 Shapes come from the graph's value info: a side input is gathered when its aligned
 dimension is the row dimension (the same symbol or size), kept when it is 1, and refused
 when unknown. Row indices are a 1-D int64 tensor shared by every batch row, so plain
@@ -79,6 +83,7 @@ class RowSubset:
         self.count = builder.op("Shape", [self.indices], dtype=np.int64)  # [1]: n
         self._gathers: dict[tuple[int, int], gs.Variable] = {}
         self._pairs: gs.Variable | None = None
+        self._tuples: dict[tuple, gs.Variable] = {}
         # (id of a full tensor) -> its rows, when we built the full tensor by scattering them
         self.known_rows: dict[int, gs.Variable] = {}
 
@@ -101,6 +106,42 @@ class RowSubset:
         out.shape = None if full.shape is None else list(full.shape)  # later layers read it
         self.known_rows[id(out)] = rows
         return out
+
+    def scatter_along(self, full: gs.Tensor, rows: gs.Variable, axis: int) -> gs.Variable:
+        """``full`` with the entries at the kept rows of axis ``axis`` replaced by ``rows``.
+
+        For axis 1 this is ``scatter``; deeper row axes (K/V as [B, heads, S, d]) use
+        index tuples over every axis up to the row axis, built once per shape signature.
+        """
+        if axis == 1:
+            return self.scatter(full, rows)
+        out = self.builder.op("ScatterND", [full, self._index_tuples(full, axis), rows], dtype=full.dtype)
+        out.shape = None if full.shape is None else list(full.shape)
+        return out
+
+    def _index_tuples(self, full: gs.Tensor, axis: int) -> gs.Variable:
+        """[d0, .., d(axis-1), n, axis+1] int64: (i0, .., i(axis-1), row) for every kept row."""
+        dims = None if full.shape is None else list(full.shape)[:axis]
+        known = dims is not None and all(isinstance(d, (str, int, np.integer)) and d not in ("", -1) for d in dims)
+        key = (axis, tuple(dims)) if known else (axis, id(full))
+        if key in self._tuples:
+            return self._tuples[key]
+        b = self.builder
+        i64 = lambda values, hint: b.const(np.array(values, np.int64), hint)  # noqa: E731
+        shape = b.op("Shape", [full], dtype=np.int64)
+        leading = b.op("Slice", [shape, i64([0], "start"), i64([axis], "end")], dtype=np.int64)
+        target = b.op("Concat", [leading, self.count, i64([1], "one_dim")], {"axis": 0}, dtype=np.int64)
+        parts = []
+        for j in range(axis):
+            size = b.op("Gather", [shape, i64(j, "axis_index")], {"axis": 0}, dtype=np.int64)  # scalar d_j
+            ids = b.op("Range", [i64(0, "zero"), size, i64(1, "one")], dtype=np.int64)
+            layout = [1] * j + [-1] + [1] * (axis - 1 - j) + [1, 1]
+            ids = b.op("Reshape", [ids, i64(layout, "grid_shape")], dtype=np.int64)
+            parts.append(b.op("Expand", [ids, target], dtype=np.int64))
+        row_ids = b.op("Reshape", [self.indices, i64([1] * axis + [-1, 1], "row_shape")], dtype=np.int64)
+        parts.append(b.op("Expand", [row_ids, target], dtype=np.int64))
+        self._tuples[key] = b.op("Concat", parts, {"axis": -1}, dtype=np.int64)
+        return self._tuples[key]
 
     def _row_pairs(self, full: gs.Tensor) -> gs.Variable:
         """[B, n, 2] int64: (b, row) for every batch row b and kept row; built once."""
@@ -397,11 +438,49 @@ def _attention(c: _Clone, node: gs.Node, r: Restricted):
         c.fail(node, "it takes past key/value or padding inputs, which a prefill graph should not")
     if any(o.outputs for o in node.outputs[1:]):
         c.fail(node, "its present key/value or QK outputs are used")
-    inputs = [r.tensor, c.value(node.inputs[1]), c.value(node.inputs[2])]
+    heads = _dims(r.original)[1] if rank == 4 else None
+    key, value = (_unrepeated_kv(t, heads) or t for t in node.inputs[1:3])
+    inputs = [r.tensor, c.value(key), c.value(value)]
     if len(node.inputs) > 3 and node.inputs[3].name:
         mask = node.inputs[3]
         inputs.append(c.side(node, mask, len(_dims(mask)) - 2, _dims(r.original)[r.axis]))
     return inputs, [r.axis]
+
+
+def _unrepeated_kv(tensor: gs.Tensor, query_heads) -> gs.Tensor | None:
+    """K or V before transformers' ``repeat_kv``, when ``tensor`` is that expansion.
+
+    repeat_kv copies each of the kv heads [B, kv, S, d] to the query-head count with
+    Unsqueeze(axis 2) -> Expand [B, kv, rep, S, d] -> Reshape [B, kv*rep, S, d]. The ONNX
+    Attention op takes grouped K/V as they are (query heads a multiple of kv heads), so
+    the copy, 7x the cache for Qwen2's 14/2 heads, is not needed: on ONNX Runtime a
+    64-query text-row attention over 1088 keys took 1.0 ms with grouped K/V against 1.4 ms
+    for Expand + Attention. Returns None when the pattern or its shapes do not match.
+    """
+    reshape = tensor.inputs[0] if tensor.inputs else None
+    if reshape is None or reshape.op != "Reshape":
+        return None
+    expand = reshape.inputs[0].inputs[0] if reshape.inputs[0].inputs else None
+    if expand is None or expand.op != "Expand":
+        return None
+    unsqueeze = expand.inputs[0].inputs[0] if expand.inputs[0].inputs else None
+    if unsqueeze is None or unsqueeze.op != "Unsqueeze":
+        return None
+    axes = unsqueeze.attrs.get("axes") if "axes" in unsqueeze.attrs else _const_ints(unsqueeze.inputs[1])
+    source = unsqueeze.inputs[0]
+    grouped, expanded, out = _dims(source), _dims(expand.outputs[0]), _dims(tensor)
+    if list(axes or []) != [2] or grouped is None or expanded is None or out is None:
+        return None
+    if len(grouped) != 4 or len(expanded) != 5 or len(out) != 4:
+        return None
+    kv, heads = grouped[1], out[1]
+    if not all(isinstance(d, (int, np.integer)) for d in (kv, heads)) or kv <= 0 or heads % kv:
+        return None
+    same = all(_same_dim(grouped[i], expanded[j]) for i, j in ((0, 0), (1, 1), (2, 3), (3, 4)))
+    same = same and all(_same_dim(grouped[i], out[i]) for i in (0, 2, 3))
+    if not same or not _same_dim(expanded[2], heads // kv) or not _same_dim(query_heads, heads):
+        return None
+    return source
 
 
 def _rotary(c: _Clone, node: gs.Node, r: Restricted):

@@ -17,7 +17,18 @@ rows that stay live (a graph input, ``vskip_text_rows``: every row that is not v
 Skipped rows pass through on the residual; keys and values, and so the ``present.*``
 outputs, are still computed from every row of the layer's input, in the original row
 order. Between consecutive skipping layers the live rows are reused straight from the
-scatter's update instead of being gathered again. With ``freeze_scope`` =
+scatter's update instead of being gathered again.
+
+A run of consecutive freeze layers (nothing between them, e.g. no DeepStack add) leaves
+the skipped rows of its input ``h_a`` untouched, so inside the run the live rows travel
+alone and the full stream is only rebuilt once, after the run::
+
+    layer l > a:  K/V path(h_a)  with the live rows' K/V (the same path on the live rows
+                                 of h_l) scattered into its present K/V
+                  out_l = ScatterND(h_a, T, out_T)     (dead unless l ends the run)
+
+which removes a full-width write-back per layer and leaves every frozen layer's all-row
+work reading the same tensor. With ``freeze_scope`` =
 ``prefix_through_visual``, freeze layers use a second input, ``vskip_suffix_rows``: the
 rows after the last visual row.
 
@@ -35,7 +46,7 @@ from vskip_compile.plan import Action, FreezeScope, Plan
 from vskip_compile.visual_rows import SUFFIX_ROWS, TEXT_ROWS
 
 from .locate import DecoderStructure, LayerMatch, LocateError
-from .rows import Builder, Restricted, RowSubset, restrict_region
+from .rows import Builder, RestrictError, Restricted, RowSubset, restrict_region
 
 
 @dataclass
@@ -44,6 +55,7 @@ class LayerChange:
     action: Action
     rows: str            # the row input this layer keeps live
     nodes_added: int
+    note: str = ""       # e.g. where a frozen run's K/V come from
 
 
 @dataclass
@@ -68,15 +80,29 @@ def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> SkipResult:
     subsets = {name: RowSubset(graph, builder, name) for name in names}
     result = SkipResult(row_inputs=names)
     rewrite = _Rewrite(graph, builder, structure)
+    previous: tuple[LayerMatch, Action] | None = None
     for layer, action in zip(structure.layers, plan.actions):
+        continues_run = (previous is not None and previous[1] is Action.FREEZE and action is Action.FREEZE
+                         and layer.input is previous[0].output)
+        previous = (layer, action)
+        if not continues_run:
+            rewrite.run = None
         if action is Action.FULL:
             continue
         name = SUFFIX_ROWS if action is Action.FREEZE and SUFFIX_ROWS in subsets else TEXT_ROWS
         before = builder.nodes_added
-        rewrite.layer(layer, action, subsets[name])
-        result.layers.append(LayerChange(layer.index, action, name, builder.nodes_added - before))
+        note = rewrite.layer(layer, action, subsets[name])
+        result.layers.append(LayerChange(layer.index, action, name, builder.nodes_added - before, note))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return result
+
+
+@dataclass
+class _FrozenRun:
+    """The run of freeze layers being rewritten: its input stream and residual base."""
+
+    input: gs.Tensor     # h_a: the first layer's input, whose skipped rows the run keeps
+    base: gs.Tensor      # the first layer's residual operand: the write-backs go into it
 
 
 class _Rewrite:
@@ -85,6 +111,7 @@ class _Rewrite:
         self.b = builder
         self.scopes = structure.scopes
         self.subst: dict[int, gs.Tensor] = {}  # id(original tensor) -> tensor that now stands for it
+        self.run: _FrozenRun | None = None      # set while inside a run of freeze layers
 
     def current(self, tensor: gs.Tensor) -> gs.Tensor:
         return self.subst.get(id(tensor), tensor)
@@ -93,7 +120,8 @@ class _Rewrite:
         scope = self.scopes.get(node.name)
         return f"{node.op} node '{node.name}'" + (f" ({scope})" if scope else "")
 
-    def layer(self, layer: LayerMatch, action: Action, rows: RowSubset) -> None:
+    def layer(self, layer: LayerMatch, action: Action, rows: RowSubset) -> str:
+        """Rewrite one skipping layer; returns a note on how (empty when nothing to say)."""
         self.graph.toposort()
         self.order = {id(n): i for i, n in enumerate(self.graph.nodes)}
         h = self.current(layer.input)
@@ -104,16 +132,20 @@ class _Rewrite:
             mid_rows = self.b.op("Add", [rows.gather(residual, 1), attn_rows], dtype=mid.dtype)
             if action is Action.SKIP_ATTENTION:
                 self._replace(mid, rows.scatter(residual, mid_rows))
-                return
+                return ""
             ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
             out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
-            self._replace(layer.output, rows.scatter(residual, out_rows))
-            return
+            follows = self.run is not None
+            if not follows:
+                self.run = _FrozenRun(input=h, base=residual)
+            self._replace(layer.output, rows.scatter(self.run.base, out_rows))
+            return self._kv_from_run_input(layer, h, rows) if follows else ""
         # skip visual FFN: attention as before, FFN on the live rows only
         mid_rows = rows.gather(mid, 1)
         ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
         out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
         self._replace(layer.output, rows.scatter(self.current(layer.ffn_residual), out_rows))
+        return ""
 
     def _attention_rows(self, layer: LayerMatch, h: gs.Tensor, rows: RowSubset) -> gs.Tensor:
         """The attention branch for the live rows: query path, core and o_proj, restricted."""
@@ -132,6 +164,53 @@ class _Rewrite:
         state = restrict_region(rows, self.b, self._ordered(region), [Restricted(mid, mid_rows, 1)], self.describe)
         residual_rows = mid_rows if residual is mid else self._take(state, residual, layer, "FFN residual")
         return self._take(state, branch, layer, "FFN branch"), residual_rows
+
+    def _kv_from_run_input(self, layer: LayerMatch, h: gs.Tensor, rows: RowSubset) -> str:
+        """Inside a frozen run: K/V over every row from the run's input, live rows from ``h``.
+
+        The K/V path (input norm up to the present K/V) is row-wise, and the skipped rows
+        of ``h`` equal those of the run's input, so running the path on the run input and
+        overwriting the live rows with the path run on the live rows of ``h`` gives the
+        same K/V. ``h`` (the previous write-back) is then no longer read, which removes
+        that write-back. Left as it is (reading ``h``: correct, one write-back more) when the
+        present K/V are not graph outputs or the path does not follow the rows; the returned
+        note says which happened.
+        """
+        presents = [self.current(t) for t in (layer.present_key, layer.present_value) if t is not None]
+        if len(presents) != 2:
+            return "K/V from the layer input: the present K/V are not graph outputs"
+        region = _descendants(h) & (_ancestors(presents[0]) | _ancestors(presents[1]))
+        nodes = self._ordered(region)
+        live = _live_nodes(self.graph)
+        exits = []  # tensors the path hands to the rest of the graph
+        for node in nodes:
+            for out in node.outputs:
+                outside = [c for c in out.outputs if id(c) not in region and id(c) in live]
+                if outside or out in self.graph.outputs:
+                    exits.append((out, outside))
+        try:
+            state = restrict_region(rows, self.b, nodes, [Restricted(h, rows.gather(h, 1), 1)], self.describe)
+        except RestrictError as exc:
+            return f"K/V from the layer input: {exc}"
+        restricted = [state.restricted.get(id(out)) for out, _ in exits]
+        if any(r is None for r in restricted):
+            return "K/V from the layer input: a K/V path output does not follow the rows"
+        for node in nodes:
+            for i, tensor in enumerate(node.inputs):
+                if tensor is h:
+                    node.inputs[i] = self.run.input
+        for (out, consumers), r in zip(exits, restricted):
+            merged = rows.scatter_along(out, r.tensor, r.axis)
+            for node in consumers:
+                for i, tensor in enumerate(node.inputs):
+                    if tensor is out:
+                        node.inputs[i] = merged
+            for position, output in enumerate(self.graph.outputs):
+                if output is out:
+                    merged.name, out.name = out.name, f"{out.name}_vskip_all_rows"
+                    self.graph.outputs[position] = merged
+            self.subst[id(out)] = merged
+        return "K/V from the run's input"
 
     def _take(self, state, tensor: gs.Tensor, layer: LayerMatch, what: str) -> gs.Tensor:
         restricted = state.restricted.get(id(tensor))
@@ -153,6 +232,14 @@ class _Rewrite:
                 new.name, old.name = old.name, f"{old.name}_vskip_replaced"
                 self.graph.outputs[position] = new
         self.subst[id(old)] = new
+
+
+def _live_nodes(graph: gs.Graph) -> set[int]:
+    """Nodes the graph outputs depend on (rewritten-away nodes linger until cleanup)."""
+    live: set[int] = set()
+    for output in graph.outputs:
+        live |= _ancestors(output)
+    return live
 
 
 def _descendants(tensor: gs.Tensor) -> set[int]:

@@ -278,6 +278,34 @@ def test_bad_input_is_refused_in_one_line(exported, tmp_path):
     compile_model(model, example, compiled)
     with pytest.raises(VskipError, match="already compiled"):
         run_bench(compiled, [example], visual_rows=8, text_rows=4)
+    with pytest.raises(VskipError, match="not compiled by vskip.*--plan"):
+        run_bench(model, [], compiled_graphs=[model], visual_rows=8, text_rows=4)
+    other = tmp_path / "three_layers.onnx"
+    compile_model(model, Plan((Action.FREEZE,) * 4), other)
+    recorded = onnx.load(str(other))
+    for entry in recorded.metadata_props:
+        if entry.key == "vskip.plan":
+            entry.value = json.dumps({"format": "vskip-plan", "version": 1, "model": {"num_layers": 3},
+                                      "layers": {"0-2": "freeze"}})
+    onnx.save(recorded, str(other))
+    with pytest.raises(VskipError, match="3 layers but the model has 4"):
+        run_bench(model, [], compiled_graphs=[other], visual_rows=8, text_rows=4)
+
+
+def test_bench_times_given_compiled_graphs_under_their_recorded_plan(exported, tmp_path):
+    """--compiled: a graph compiled earlier (e.g. by another vskip version) is timed as it is."""
+    model = exported("qwen2_vl") / "prefill.onnx"
+    given = tmp_path / "before.onnx"
+    frozen = Plan((Action.FREEZE,) * 4)
+    compile_model(model, frozen, given)
+    stamp = given.stat().st_mtime_ns
+    result = run_bench(model, [frozen], compiled_graphs=[given], visual_rows=8, text_rows=4, warmup=0, rounds=1,
+                       threads=1)
+    assert [p["name"] for p in result["plans"]] == ["plan0", "before"]
+    assert result["plans"][1]["file"] == str(given) and result["plans"][1]["actions"] == {"freeze": 4}
+    assert result["plans"][0]["ideal_speedup"] == result["plans"][1]["ideal_speedup"] > 1
+    assert [c["graph"] for c in result["configs"]][2] == str(given)
+    assert given.stat().st_mtime_ns == stamp  # left in place, untouched
 
 
 # ----------------------------------------------------------------------------- shipped plans

@@ -52,7 +52,9 @@ def test_compile_report_writes_json_and_plot(compiled, capsys):
     source, out, _ = compiled
     report = json.loads(out.with_suffix(".flops.json").read_text())
     assert report["workload"] == {"sequence_length": 32, "visual_rows": 24, "text_rows": 8}
-    assert report["ideal_speedup"] == pytest.approx(report["vanilla"]["total"] / report["compiled"]["total"])
+    assert report["ideal_speedup"] == pytest.approx(report["vanilla"]["total"] / report["required"]["total"])
+    assert report["executed_speedup"] == pytest.approx(report["vanilla"]["total"] / report["compiled"]["total"])
+    assert report["required"]["plan"] == ["full", "skip_visual_attention", "skip_visual_ffn", "freeze"]
     assert report["ideal_speedup"] > 1
     assert out.with_suffix(".flops.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -75,4 +77,5 @@ def test_flops_compare(compiled, capsys):
     capsys.readouterr()
     assert main(["flops", str(source), "--compare", str(out), "--visual-rows", "24", "--text-rows", "8", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ideal_speedup"] == pytest.approx(data["vanilla"]["total"] / data["compiled"]["total"])
+    assert data["ideal_speedup"] == pytest.approx(data["vanilla"]["total"] / data["required"]["total"])
+    assert data["executed_speedup"] == pytest.approx(data["vanilla"]["total"] / data["compiled"]["total"])

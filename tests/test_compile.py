@@ -128,6 +128,48 @@ def test_rewrite_fires_and_keeps_the_cache_outputs(exported, tmp_path):
     assert row_input_names(after) == ["vskip_text_rows"]
 
 
+def _scatter_ranks(model: onnx.ModelProto) -> list[int]:
+    """The rank of every ScatterND's data input: 3 for a write-back of the stream, 4 for K/V."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    return [ranks[n.input[0]] for n in inferred.graph.node if n.op_type == "ScatterND"]
+
+
+@pytest.mark.parametrize("opset", [20, 23])
+def test_frozen_runs_write_the_stream_back_once(opset, exported, tmp_path):
+    """Inside a run of freeze layers the live rows travel alone: one stream write-back per
+    run, the K/V of later layers from the run's input with the live rows' K/V scattered in,
+    and (opset 23) grouped K/V straight into Attention without repeat_kv's Expand."""
+    loaded = tiny_model("qwen2_vl")
+    source = exported("qwen2_vl", opset) / "prefill.onnx"
+    plans = {
+        "one run": (Plan((Action.FREEZE,) * 4), 1, [1, 2, 3]),
+        "two runs": (Plan.from_layers(4, {0: Action.FREEZE, 1: Action.FREEZE, 3: Action.FREEZE}), 2, [1]),
+    }
+    for label, (plan, runs, followers) in plans.items():
+        out = tmp_path / f"{label.replace(' ', '_')}.onnx"
+        report = compile_model(source, plan, out)
+        assert report.notes == {i: "K/V from the run's input" for i in followers}, label
+        later_layers = len(followers)
+        model = onnx.load(out)
+        ranks = _scatter_ranks(model)
+        assert ranks.count(3) == runs, label
+        assert ranks.count(4) == 2 * later_layers, label  # K and V of each non-first layer of a run
+        if opset == 23:
+            producers = {o: n for n in model.graph.node for o in n.output}
+            attention = [n for n in model.graph.node if n.op_type == "Attention"]
+            grouped = [n for n in attention if producers[n.input[1]].op_type != "Reshape"]
+            assert len(grouped) == plan.actions.count(Action.FREEZE), label
+        # numerics: the reference comparison of test_compiled_matches_reference covers
+        # these plans' semantics; check this layout too
+        prompt = synthetic_prompt(loaded.family, loaded.config, LAYOUTS["two images"], seed=11)
+        inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
+        visual = visual_rows_from_ids(prompt.input_ids, loaded.family.image_token_id(loaded.config))
+        compare(run_compiled(out, inputs.feeds, visual), reference(loaded, plan, inputs, visual),
+                inputs.feeds["attention_mask"], f"{label} opset {opset}")
+
+
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions=st.lists(st.sampled_from(list(Action)), min_size=4, max_size=4),

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_model
 from vskip_compile.compile import compile_model
-from vskip_compile.flops import (FlopsError, count_flops, format_comparison, ideal_speedup, save_plot,
+from vskip_compile.flops import (FlopsError, count_flops, format_comparison, ideal_speedup, plan_flops, save_plot,
                                  _matmul_flops)
 from vskip_compile.plan import Action, FreezeScope, Plan
 
@@ -203,6 +203,44 @@ def test_compiled_matches_skip_semantics(exported, tmp_path, family, opset, scop
     assert compiled.plan == [a.value for a in plan.actions]
     assert ideal_speedup(vanilla, compiled) == vanilla.total / compiled.total > 1
     assert "ideal speedup" in format_comparison(vanilla, compiled)
+
+
+@pytest.mark.parametrize("scope", list(FreezeScope))
+def test_plan_flops_is_the_skip_semantics(exported, scope):
+    """What a plan requires, derived from the vanilla count, equals the DESIGN.md formula."""
+    dims = dims_of("qwen2_vl")
+    B, S, V, U = 2, 20, 8, 5
+    vanilla = count_flops(exported("qwen2_vl", 20, decode=False) / "prefill.onnx", S, V, batch=B, suffix_rows=U)
+    for actions in [(Action.FULL,) * 4, (Action.FREEZE,) * 4,
+                    (Action.SKIP_ATTENTION, Action.FREEZE, Action.SKIP_FFN, Action.FULL)]:
+        plan = Plan(actions, scope)
+        required = plan_flops(vanilla, plan)
+        check_report(required, dims, plan, B, S, V, U)
+        assert required.plan == [a.value for a in actions]
+    with pytest.raises(FlopsError, match="vanilla graph"):
+        plan_flops(required, plan)
+    with pytest.raises(FlopsError, match="3 layers"):
+        plan_flops(vanilla, Plan((Action.FULL,) * 3))
+
+
+@pytest.mark.parametrize("opset", [20, 23])
+def test_frozen_runs_recompute_only_the_live_rows_kv(exported, tmp_path, opset):
+    """Inside a run of freeze layers the compiled graph computes K/V over every row of the
+    run's input and again for the live rows: exactly that, and nothing else, beyond the
+    plan's FLOPs; the ideal speedup uses the plan's FLOPs."""
+    dims = dims_of("qwen2_vl")
+    B, S, V = 1, 20, 8
+    source = exported("qwen2_vl", opset, decode=False) / "prefill.onnx"
+    plan = Plan((Action.FREEZE, Action.FREEZE, Action.FULL, Action.FREEZE))  # runs {0, 1} and {3}
+    compile_model(source, plan, tmp_path / "c.onnx")
+    vanilla = count_flops(source, S, V, batch=B)
+    compiled = count_flops(tmp_path / "c.onnx", S, V, batch=B)
+    required = plan_flops(vanilla, plan)
+    recomputed = 2 * (2 * B * (S - V) * dims["d"] * dims["dkv"])  # K and V of the live rows, layer 1 only
+    assert compiled.total - required.total == recomputed
+    assert [c.k - r.k for c, r in zip(compiled.layers, required.layers)] == [0, recomputed // 2, 0, 0]
+    text = format_comparison(vanilla, compiled, required)
+    assert f"ideal speedup {vanilla.total / required.total:.3f}x" in text and "beyond it" in text
 
 
 def test_report_outputs(exported, tmp_path):

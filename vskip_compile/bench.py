@@ -67,7 +67,7 @@ VANILLA = "vanilla"
 DIM_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size")
 IDEAL_GIVEN = "given by the caller"
-IDEAL_FLOPS_MODULE = "vskip_compile.flops (matrix products counted on the vanilla and compiled graphs)"
+IDEAL_FLOPS_MODULE = "vskip_compile.flops (matrix products counted on the vanilla graph, those the plan skips removed)"
 IDEAL_ANALYTIC = "analytic formula (DESIGN.md section 6) from the sidecar dims"
 
 # An ideal speedup: (plan, visual-row mask [S], the plan's compiled graph) -> FLOPs ratio.
@@ -205,8 +205,10 @@ def analytic_ideal(dims: dict) -> IdealFn:
 
 
 def _flops_module_ideal(model: Path) -> IdealFn | None:
-    """FLOPs counted on the vanilla and the compiled graph by ``vskip_compile.flops``, when
-    that module is installed, else None. The one place that knows its calling convention.
+    """FLOPs counted on the vanilla graph by ``vskip_compile.flops`` over those the plan
+    requires (``flops.plan_flops``), when that module is installed, else None. The one place
+    that knows its calling convention. Not the compiled graph's own count: work a compiled
+    graph does beyond the plan is overhead the measured speedup has to pay for.
     """
     try:
         from . import flops
@@ -224,7 +226,7 @@ def _flops_module_ideal(model: Path) -> IdealFn | None:
         key = visual.tobytes()
         if key not in vanilla:
             vanilla[key] = count(model, visual)
-        return float(flops.ideal_speedup(vanilla[key], count(graph, visual)))
+        return float(flops.ideal_speedup(vanilla[key], flops.plan_flops(vanilla[key], plan)))
 
     return ideal
 
@@ -377,11 +379,32 @@ def read_dims(model: Path, sidecar: dict | str | Path | None) -> dict:
     return sidecar
 
 
+class _Recorded:
+    """The plan a given compiled graph records, labelled by the graph's file name."""
+
+    def __init__(self, path: Path, plan: Plan):
+        self.path, self.plan = path, plan
+
+
+def _recorded(path: Path, dims: dict) -> _Recorded:
+    from .compile import compiled_plan, load_graph
+
+    recorded = compiled_plan(load_graph(path))
+    if recorded is None:
+        raise VskipError(f"{path}: not compiled by vskip (it records no plan); pass its plan with --plan instead")
+    plan, _ = load_plan(recorded)
+    if plan.num_layers != dims["num_layers"]:
+        raise VskipError(f"{path}: its plan has {plan.num_layers} layers but the model has {dims['num_layers']}")
+    return _Recorded(path, plan)
+
+
 def _load_plans(plans: list, dims: dict) -> list[tuple[str, Plan, str]]:
     """(unique label, Plan, source) per plan; labels are file stems, numbered on clashes."""
     loaded, used = [], {VANILLA}
     for index, item in enumerate(plans):
-        if isinstance(item, Plan):
+        if isinstance(item, _Recorded):
+            plan, label, source = item.plan, item.path.stem, str(item.path)
+        elif isinstance(item, Plan):
             plan, label, source = item, f"plan{index}", "<plan>"
             if plan.num_layers != dims["num_layers"]:
                 raise VskipError(f"plan {index} has {plan.num_layers} layers but the model has {dims['num_layers']}")
@@ -487,8 +510,13 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
               ideal: IdealFn | None = None, seed: int = 0, command: str | None = None,
               json_path: str | Path | None = None, markdown_path: str | Path | None = None,
               progress: Callable[[str], None] | None = None,
-              clock: Callable[[], float] = time.perf_counter) -> dict:
+              clock: Callable[[], float] = time.perf_counter,
+              compiled_graphs: list[str | Path] = ()) -> dict:
     """Time MODEL.onnx against each plan's compiled graph; returns the JSON-ready result.
+
+    ``compiled_graphs`` are graphs vskip already compiled from MODEL.onnx (for instance by
+    an earlier version, to measure a change of the compiler): each is timed as it is, under
+    the plan it records, and left in place.
 
     ``ideal(plan, visual_mask, compiled_graph)`` gives ideal speedups; by default they are
     counted by ``vskip_compile.flops``, else :func:`analytic_ideal` (see :func:`ideal_speedups`);
@@ -510,7 +538,8 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     if compiled_plan(load_graph(model)) is not None:
         raise VskipError(f"{model}: already compiled by vskip; bench the original graph, the plans are compiled here")
     dims = read_dims(model, sidecar)
-    loaded_plans = _load_plans(plans, dims)
+    loaded_plans = _load_plans(list(plans) + [_recorded(Path(g), dims) for g in compiled_graphs], dims)
+    prebuilt = [None] * len(plans) + [Path(g) for g in compiled_graphs]
 
     keep = workdir is not None
     directory = Path(workdir) if keep else model.parent
@@ -523,7 +552,10 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     previous_threads = None
     source = _stage_source(model, directory, progress) if keep else model
     try:
-        for label, plan, _ in loaded_plans:
+        for (label, plan, _), given in zip(loaded_plans, prebuilt):
+            if given is not None:
+                compiled.append(given)
+                continue
             name = f"{model.stem}.{label}.onnx" if keep else f".{model.stem}.bench-{os.getpid()}.{label}.onnx"
             output = directory / name
             if progress:
@@ -554,8 +586,9 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
         if source != model:
             source.unlink(missing_ok=True)
         if not keep:
-            for path in compiled:
-                path.unlink(missing_ok=True)
+            for path, given in zip(compiled, prebuilt):
+                if given is None:
+                    path.unlink(missing_ok=True)
 
     rows, plan_rows = summarize(configs, ideals)
     for entry, (label, plan, source) in zip(plan_rows, loaded_plans):

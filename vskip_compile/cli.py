@@ -128,7 +128,9 @@ class Compile(Command):
         _progress(report.table)
         for index, action in enumerate(report.actions):
             if action is not Action.FULL:
-                _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added)")
+                note = report.notes.get(index)
+                _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added"
+                          + (f"; {note})" if note else ")"))
         _progress(report.summary())
         if args.report:
             sys.stderr.flush()
@@ -137,28 +139,47 @@ class Compile(Command):
 
 
 def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int) -> None:
-    from .flops import count_flops, format_comparison, ideal_speedup, save_plot
+    from .flops import count_flops, format_comparison, save_plot
     from .files import write_text_atomic
 
     rows = visual_rows + text_rows
     vanilla = count_flops(vanilla_path, sequence_length=rows, visual_rows=visual_rows)
     compiled = count_flops(compiled_path, sequence_length=rows, visual_rows=visual_rows)
-    print(format_comparison(vanilla, compiled))
+    required = _required_flops(vanilla, compiled_path)
+    print(format_comparison(vanilla, compiled, required))
     stem = Path(compiled_path).with_suffix("")
     data = {"workload": {"sequence_length": rows, "visual_rows": visual_rows, "text_rows": text_rows},
-            "ideal_speedup": ideal_speedup(vanilla, compiled),
-            "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json())}
+            **_speedups(vanilla, compiled, required),
+            "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json()),
+            "required": json.loads(required.to_json()) if required else None}
     write_text_atomic(Path(f"{stem}.flops.json"), json.dumps(data, indent=2) + "\n")
     save_plot(vanilla, compiled, Path(f"{stem}.flops.png"))
     _progress(f"wrote {stem}.flops.json and {stem}.flops.png")
 
 
+def _required_flops(vanilla, compiled_path):
+    """The FLOPs the compiled graph's recorded plan requires, or None for an unmarked graph."""
+    from .flops import plan_flops, recorded_plan
+
+    plan = recorded_plan(compiled_path)
+    return None if plan is None else plan_flops(vanilla, plan)
+
+
+def _speedups(vanilla, compiled, required) -> dict:
+    """ideal_speedup: vanilla / what the plan requires (the compiled graph's own count for a
+    graph without a recorded plan); executed_speedup: vanilla / what the graph computes."""
+    from .flops import ideal_speedup
+
+    return {"ideal_speedup": ideal_speedup(vanilla, required or compiled),
+            "executed_speedup": ideal_speedup(vanilla, compiled)}
+
+
 class Flops(Command):
     """Count a decoder graph's FLOPs per layer, operator class and row class (weights not needed).
 
-    With --compare COMPILED, also count the compiled graph and print the ideal speedup
-    FLOPs(MODEL) / FLOPs(COMPILED). Matrix products only (MatMul, Gemm, Attention);
-    elementwise work is not counted.
+    With --compare COMPILED, also count the compiled graph, and print the ideal speedup
+    FLOPs(MODEL) / FLOPs the compiled graph's plan requires, beside what the compiled graph
+    computes. Matrix products only (MatMul, Gemm, Attention); elementwise work is not counted.
     """
 
     name = "flops"
@@ -172,7 +193,7 @@ class Flops(Command):
         parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
 
     def run(self, args):
-        from .flops import count_flops, format_comparison, ideal_speedup, save_plot
+        from .flops import count_flops, format_comparison, save_plot
 
         rows = args.visual_rows + args.text_rows
         base = count_flops(args.model, sequence_length=rows, visual_rows=args.visual_rows)
@@ -180,11 +201,13 @@ class Flops(Command):
             print(base.to_json() if args.json else base.format_table())
             return 0
         other = count_flops(args.compare, sequence_length=rows, visual_rows=args.visual_rows)
+        required = _required_flops(base, args.compare)
         if args.json:
-            print(json.dumps({"ideal_speedup": ideal_speedup(base, other), "vanilla": json.loads(base.to_json()),
-                              "compiled": json.loads(other.to_json())}, indent=2))
+            print(json.dumps({**_speedups(base, other, required), "vanilla": json.loads(base.to_json()),
+                              "compiled": json.loads(other.to_json()),
+                              "required": json.loads(required.to_json()) if required else None}, indent=2))
         else:
-            print(format_comparison(base, other))
+            print(format_comparison(base, other, required))
         if args.plot:
             save_plot(base, other, args.plot)
             _progress(f"wrote {args.plot}")
@@ -239,6 +262,9 @@ class Bench(Command):
         parser.add_argument("model", metavar="MODEL.onnx", help="a prefill graph from vskip export (not compiled)")
         parser.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
                             help="a vskip plan or OpSkip policy; repeat for several")
+        parser.add_argument("--compiled", action="append", default=[], metavar="COMPILED.onnx",
+                            help="a graph vskip already compiled from MODEL (e.g. by another version), timed as "
+                                 "it is under the plan it records; repeat for several")
         parser.add_argument("--visual-rows", type=int, default=DEFAULT_VISUAL_ROWS, metavar="N",
                             help=f"image rows in the prompt (default {DEFAULT_VISUAL_ROWS})")
         parser.add_argument("--text-rows", type=int, default=DEFAULT_TEXT_ROWS, metavar="M",
@@ -263,7 +289,8 @@ class Bench(Command):
         result = run_bench(args.model, args.plan, visual_rows=args.visual_rows, text_rows=args.text_rows,
                            prefix_rows=args.text_prefix, threads=args.threads, warmup=args.warmup,
                            rounds=args.rounds, pytorch=args.torch, workdir=args.workdir, sidecar=args.sidecar,
-                           seed=args.seed, json_path=args.json, markdown_path=args.markdown, progress=_progress)
+                           seed=args.seed, json_path=args.json, markdown_path=args.markdown, progress=_progress,
+                           compiled_graphs=args.compiled)
         print(format_table(result))
         for path in (args.json, args.markdown):
             if path:

@@ -39,6 +39,7 @@ class CompileReport:
     nodes_before: int
     nodes_after: int
     nodes_added_per_layer: dict[int, int] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)    # per layer, how the rewrite went
     seconds: float = 0.0
     external_data: list[str] = field(default_factory=list)
     table: str = ""
@@ -160,13 +161,14 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     if plan_obj.is_empty:
         # The source graph itself, node for node and in its own order, plus the row input:
         # identical numbers and the same execution plan, so it cannot be slower.
-        compiled, row_inputs, added = model, row_inputs_for(plan_obj), {}
+        compiled, row_inputs, added, notes = model, row_inputs_for(plan_obj), {}, {}
         compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
                                                                        [f"{name}_count"]) for name in row_inputs)
     else:
         result = skip_visual_rows(structure, plan_obj)
         compiled, row_inputs = export_onnx(graph), result.row_inputs
         added = {c.index: c.nodes_added for c in result.layers}
+        notes = {c.index: c.note for c in result.layers if c.note}
         _copy_model_fields(model, compiled)
     _set_metadata(compiled, PLAN_METADATA, json.loads(to_json(plan_obj, family=family or info.family)))
     _set_metadata(compiled, ROWS_METADATA, row_inputs)
@@ -174,7 +176,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     return CompileReport(
         source=str(model_path), output=str(output), layers_found=len(structure.layers),
         actions=list(plan_obj.actions), row_inputs=row_inputs, nodes_before=nodes_before,
-        nodes_after=len(compiled.graph.node), nodes_added_per_layer=added,
+        nodes_after=len(compiled.graph.node), nodes_added_per_layer=added, notes=notes,
         seconds=time.perf_counter() - start, external_data=data_files, table=table,
     )
 

@@ -197,21 +197,85 @@ def ideal_speedup(vanilla: FlopsReport, plan: FlopsReport) -> float:
     return vanilla.total / plan.total
 
 
-def format_comparison(vanilla: FlopsReport, plan: FlopsReport) -> str:
-    """Per layer: FLOPs before and after, and the saving; then the totals."""
-    _check_same_layout(vanilla, plan)
-    if len(vanilla.layers) != len(plan.layers):
-        raise FlopsError(f"the graphs have {len(vanilla.layers)} and {len(plan.layers)} layers")
+def plan_flops(vanilla: FlopsReport, plan) -> FlopsReport:
+    """The FLOPs ``plan`` requires, from the count of the vanilla graph.
+
+    Per layer, K/V projections keep every row; q/o projections and the attention products
+    keep the attention-live rows, the FFN the FFN-live rows (the text rows, or for freeze
+    layers with scope ``prefix_through_visual`` the suffix). Every vanilla count of these
+    classes is proportional to its query rows, so the scaling is exact.
+
+    This, not the count of a compiled graph, is the ideal speedup's denominator: a compiled
+    graph may compute some rows twice (inside a run of freeze layers the live rows' K/V are
+    recomputed, see passes/skip_visual.py), and that is overhead the measured time pays.
+    """
+    from .plan import Action, FreezeScope
+
+    if vanilla.plan and any(a != Action.FULL.value for a in vanilla.plan):
+        raise FlopsError("plan_flops needs the count of the vanilla graph, not of a compiled one")
+    if plan.num_layers != len(vanilla.layers):
+        raise FlopsError(f"the plan has {plan.num_layers} layers but the graph has {len(vanilla.layers)}")
+    S, V = vanilla.sequence_length, vanilla.visual_rows
+    layers = []
+    for x, action in zip(vanilla.layers, plan.actions):
+        live = (vanilla.suffix_rows if action is Action.FREEZE and plan.freeze_scope is FreezeScope.PREFIX_THROUGH_VISUAL
+                else S - V)
+        if x.qkv and action.skips_attention:
+            raise FlopsError(f"layer {x.layer}: fused q/k/v projections: the query share cannot be separated")
+        attn = (lambda f: f * live // S) if action.skips_attention else (lambda f: f)  # noqa: E731
+        ffn = x.ffn * live // S if action.skips_ffn else x.ffn
+        y = LayerFlops(x.layer, q=attn(x.q), k=x.k, v=x.v, qkv=x.qkv, o=attn(x.o), qk=attn(x.qk), pv=attn(x.pv),
+                       ffn=ffn)
+        whole = [x.k, x.v, x.qkv] + ([] if action.skips_attention else [x.q, x.o, x.qk, x.pv]) \
+            + ([] if action.skips_ffn else [x.ffn])
+        y.visual = sum(f * V // S for f in whole)
+        y.text = y.total - y.visual
+        layers.append(y)
+    return FlopsReport(S, V, vanilla.prefix_rows, vanilla.suffix_rows, vanilla.batch, layers, head=vanilla.head,
+                       other=vanilla.other, plan=[a.value for a in plan.actions], source=vanilla.source)
+
+
+def format_comparison(vanilla: FlopsReport, compiled: FlopsReport, required: FlopsReport | None = None) -> str:
+    """Per layer: FLOPs before and after, and the saving; then the totals.
+
+    With ``required`` (``plan_flops`` of the compiled graph's plan), the ideal speedup is
+    vanilla / required, and the compiled graph's extra work, if any, is shown beside it.
+    """
+    _check_same_layout(vanilla, compiled)
+    if len(vanilla.layers) != len(compiled.layers):
+        raise FlopsError(f"the graphs have {len(vanilla.layers)} and {len(compiled.layers)} layers")
     scale, unit = _unit(vanilla.total)
-    lines = [f"{'layer':>5}  {'action':<22}  {'vanilla':>10}  {'plan':>10}  {'saved':>7}"]
-    for a, b in zip(vanilla.layers, plan.layers):
-        action = plan.plan[b.layer] if plan.plan else "-"
+    lines = [f"{'layer':>5}  {'action':<22}  {'vanilla':>10}  {'compiled':>10}  {'saved':>7}"]
+    for a, b in zip(vanilla.layers, compiled.layers):
+        action = compiled.plan[b.layer] if compiled.plan else "-"
         lines.append(f"{a.layer:>5}  {action:<22}  {a.total / scale:>10.3f}  {b.total / scale:>10.3f}  "
                      f"{1 - b.total / a.total:>7.1%}")
-    saved = 1 - plan.total / vanilla.total
-    lines.append(f"total {unit} {vanilla.total / scale:.3f} -> {plan.total / scale:.3f}: -{saved:.1%}, "
-                 f"ideal speedup {ideal_speedup(vanilla, plan):.3f}x")
+    saved = 1 - compiled.total / vanilla.total
+    line = f"total {unit} {vanilla.total / scale:.3f} -> {compiled.total / scale:.3f}: -{saved:.1%}"
+    if required is None:
+        lines.append(f"{line}, ideal speedup {ideal_speedup(vanilla, compiled):.3f}x")
+    else:
+        extra = compiled.total - required.total
+        lines.append(f"{line}; the plan requires {required.total / scale:.3f} {unit}: ideal speedup "
+                     f"{ideal_speedup(vanilla, required):.3f}x (the compiled graph computes "
+                     f"{extra / scale:+.3f} {unit}, {extra / required.total:+.2%}, beyond it)")
     return "\n".join(lines)
+
+
+def recorded_plan(model: onnx.ModelProto | str | Path):
+    """The plan a compiled graph records, or None (vanilla graph, or an unreadable record)."""
+    from .compile import compiled_plan
+    from .plan import load_plan
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    recorded = compiled_plan(model)
+    if recorded is None:
+        return None
+    try:
+        return load_plan(recorded)[0]
+    except VskipError:
+        return None
 
 
 def _check_same_layout(a: FlopsReport, b: FlopsReport) -> None:
@@ -337,17 +401,8 @@ def _where(node: gs.Node) -> str:
 
 
 def _recorded_plan(model: onnx.ModelProto) -> list[str] | None:
-    from .compile import compiled_plan
-    from .plan import load_plan
-
-    recorded = compiled_plan(model)
-    if recorded is None:
-        return None
-    try:
-        plan, _ = load_plan(recorded)
-    except VskipError:
-        return None  # a label only: an unreadable record does not stop the count
-    return [a.value for a in plan.actions]
+    plan = recorded_plan(model)  # a label only: an unreadable record does not stop the count
+    return None if plan is None else [a.value for a in plan.actions]
 
 
 # ---- the graph copy that shape inference works on
