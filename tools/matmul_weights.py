@@ -2,6 +2,8 @@
 
     python tools/matmul_weights.py            # rows 64, 256, 1088; 2 threads
     python tools/matmul_weights.py --kv       # one K+V product vs separate K and V products
+    python tools/matmul_weights.py --across-layers 21 --rows 1088
+                                              # K/V of 21 layers from one input: 42 products vs one
 
 A chain of ``pairs`` x (896x4864, 4864x896) products, each with its own weights (17.4 MB
 apiece, 139 MB for 4 pairs), so every product streams its weights from memory as a
@@ -49,6 +51,27 @@ def single_product_ms(rows: int, k: int, n: int, reps: int = 200, threads: int =
     return _median_run_s(graph, rng.random((1, rows, k), np.float32), reps, threads, warmup=10) * 1e3
 
 
+def across_layers_ms(rows: int, layers: int, reps: int = 15, threads: int = 2, hidden: int = 896,
+                     width: int = 128) -> tuple[float, float]:
+    """(separate, fused) median milliseconds: the K and V products of ``layers`` layers over
+    one shared input (what a frozen run's all-row K/V are), as 2 x layers MatMuls or as one
+    MatMul over the concatenated weights (output left whole, no Split)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    blocks = [(rng.random((hidden, width), np.float32) - 0.5) * 0.03 for _ in range(2 * layers)]
+    source = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, hidden])]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, rows, width]) for i in range(len(blocks))]
+    separate = helper.make_graph([helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(len(blocks))],
+                                 "separate", source, outputs,
+                                 [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(blocks)])
+    fused = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fused", source,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, width * len(blocks)])],
+                              [numpy_helper.from_array(np.concatenate(blocks, axis=1), "w")])
+    x = rng.random((1, rows, hidden), np.float32)
+    return tuple(_median_run_s(g, x, reps, threads, warmup=3) * 1e3 for g in (separate, fused))
+
+
 def _median_run_s(graph, x: np.ndarray, reps: int, threads: int, warmup: int) -> float:
     """Median seconds of one run of ``graph`` (input "x") on ONNX Runtime CPU after warm-up."""
     import onnxruntime as ort
@@ -74,7 +97,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kv", action="store_true",
                         help="time K and V projections (896x128 each) against one fused 896x256 product")
+    parser.add_argument("--across-layers", type=int, metavar="L",
+                        help="time the K/V products (896x128) of L layers over one input: 2L MatMuls vs one")
     args = parser.parse_args(argv)
+    if args.across_layers:
+        for rows in args.rows:
+            separate, fused = across_layers_ms(rows, args.across_layers, threads=args.threads)
+            print(f"rows {rows:5d}: {2 * args.across_layers} K/V products {separate:.2f} ms, "
+                  f"one fused product {fused:.2f} ms")
+        return 0
     if args.kv:
         for rows in args.rows:
             one = single_product_ms(rows, 896, 128, threads=args.threads)
