@@ -200,16 +200,7 @@ class _Rewrite:
                 if tensor is h:
                     node.inputs[i] = self.run.input
         for (out, consumers), r in zip(exits, restricted):
-            merged = rows.scatter_along(out, r.tensor, r.axis)
-            for node in consumers:
-                for i, tensor in enumerate(node.inputs):
-                    if tensor is out:
-                        node.inputs[i] = merged
-            for position, output in enumerate(self.graph.outputs):
-                if output is out:
-                    merged.name, out.name = out.name, f"{out.name}_vskip_all_rows"
-                    self.graph.outputs[position] = merged
-            self.subst[id(out)] = merged
+            self._replace(out, rows.scatter_along(out, r.tensor, r.axis), consumers)
         return "K/V from the run's input"
 
     def _take(self, state, tensor: gs.Tensor, layer: LayerMatch, what: str) -> gs.Tensor:
@@ -221,9 +212,9 @@ class _Rewrite:
     def _ordered(self, region: set[int]) -> list[gs.Node]:
         return [n for n in self.graph.nodes if id(n) in region]
 
-    def _replace(self, old: gs.Tensor, new: gs.Tensor) -> None:
-        """Every consumer of ``old`` reads ``new`` instead; a graph output keeps its name."""
-        for node in list(old.outputs):
+    def _replace(self, old: gs.Tensor, new: gs.Tensor, consumers: list[gs.Node] | None = None) -> None:
+        """Every consumer of ``old`` (or those given) reads ``new`` instead; a graph output keeps its name."""
+        for node in list(old.outputs) if consumers is None else consumers:
             for i, tensor in enumerate(node.inputs):
                 if tensor is old:
                     node.inputs[i] = new
@@ -243,22 +234,21 @@ def _live_nodes(graph: gs.Graph) -> set[int]:
 
 
 def _descendants(tensor: gs.Tensor) -> set[int]:
-    seen: set[int] = set()
-    stack = [tensor]
-    while stack:
-        for node in stack.pop().outputs:
-            if id(node) not in seen:
-                seen.add(id(node))
-                stack.extend(node.outputs)
-    return seen
+    return _reach(tensor, forward=True)
 
 
 def _ancestors(tensor: gs.Tensor) -> set[int]:
+    return _reach(tensor, forward=False)
+
+
+def _reach(tensor: gs.Tensor, forward: bool) -> set[int]:
+    """ids of the nodes downstream (``forward``) or upstream of ``tensor``."""
     seen: set[int] = set()
     stack = [tensor]
     while stack:
-        for node in stack.pop().inputs:
+        current = stack.pop()
+        for node in (current.outputs if forward else current.inputs):
             if id(node) not in seen:
                 seen.add(id(node))
-                stack.extend(t for t in node.inputs if t is not None)
+                stack.extend(t for t in (node.outputs if forward else node.inputs) if t is not None)
     return seen
