@@ -82,7 +82,6 @@ class RowSubset:
         self.builder = builder
         self.count = builder.op("Shape", [self.indices], dtype=np.int64)  # [1]: n
         self._gathers: dict[tuple[int, int], gs.Variable] = {}
-        self._pairs: gs.Variable | None = None
         self._tuples: dict[tuple, gs.Variable] = {}
         # (id of a full tensor) -> its rows, when we built the full tensor by scattering them
         self.known_rows: dict[int, gs.Variable] = {}
@@ -102,7 +101,7 @@ class RowSubset:
         compute an index per element and ran 4x slower on ONNX Runtime (0.32 vs 0.08 ms
         for 64 of 1088 rows of width 896).
         """
-        out = self.builder.op("ScatterND", [full, self._row_pairs(full), rows], dtype=full.dtype)
+        out = self.builder.op("ScatterND", [full, self._index_tuples(full, 1), rows], dtype=full.dtype)
         out.shape = None if full.shape is None else list(full.shape)  # later layers read it
         self.known_rows[id(out)] = rows
         return out
@@ -110,8 +109,8 @@ class RowSubset:
     def scatter_along(self, full: gs.Tensor, rows: gs.Variable, axis: int) -> gs.Variable:
         """``full`` with the entries at the kept rows of axis ``axis`` replaced by ``rows``.
 
-        For axis 1 this is ``scatter``; deeper row axes (K/V as [B, heads, S, d]) use
-        index tuples over every axis up to the row axis, built once per shape signature.
+        For axis 1 this is ``scatter``; deeper row axes (K/V as [B, heads, S, d]) use the
+        same index tuples, over every axis up to the row axis.
         """
         if axis == 1:
             return self.scatter(full, rows)
@@ -120,8 +119,12 @@ class RowSubset:
         return out
 
     def _index_tuples(self, full: gs.Tensor, axis: int) -> gs.Variable:
-        """[d0, .., d(axis-1), n, axis+1] int64: (i0, .., i(axis-1), row) for every kept row."""
-        dims = None if full.shape is None else list(full.shape)[:axis]
+        """[d0, .., d(axis-1), n, axis+1] int64: (i0, .., i(axis-1), row) for every kept row.
+
+        Axis 0 is the batch, the same for every tensor of the graph; the axes between it
+        and the rows (K/V heads) must be known to share the tuples between tensors.
+        """
+        dims = None if full.shape is None else list(full.shape)[1:axis]
         known = dims is not None and all(isinstance(d, (str, int, np.integer)) and d not in ("", -1) for d in dims)
         key = (axis, tuple(dims)) if known else (axis, id(full))
         if key in self._tuples:
@@ -142,23 +145,6 @@ class RowSubset:
         parts.append(b.op("Expand", [row_ids, target], dtype=np.int64))
         self._tuples[key] = b.op("Concat", parts, {"axis": -1}, dtype=np.int64)
         return self._tuples[key]
-
-    def _row_pairs(self, full: gs.Tensor) -> gs.Variable:
-        """[B, n, 2] int64: (b, row) for every batch row b and kept row; built once."""
-        if self._pairs is None:
-            b = self.builder
-            i64 = lambda values, hint: b.const(np.array(values, np.int64), hint)  # noqa: E731
-            batch = b.op("Slice", [b.op("Shape", [full], dtype=np.int64), i64([0], "start"), i64([1], "end")],
-                         dtype=np.int64)  # [1]: B
-            batch_ids = b.op("Range", [i64(0, "zero"), b.op("Squeeze", [batch], dtype=np.int64), i64(1, "one")],
-                             dtype=np.int64)  # [B]
-            shape = b.op("Concat", [batch, self.count, i64([1], "one_dim")], {"axis": 0}, dtype=np.int64)
-            rows = b.op("Expand", [b.op("Unsqueeze", [self.indices, i64([0, 2], "axes")], dtype=np.int64), shape],
-                        dtype=np.int64)  # [B, n, 1]
-            batches = b.op("Expand", [b.op("Unsqueeze", [batch_ids, i64([1, 2], "axes")], dtype=np.int64), shape],
-                           dtype=np.int64)  # [B, n, 1]
-            self._pairs = b.op("Concat", [batches, rows], {"axis": 2}, dtype=np.int64)
-        return self._pairs
 
 
 @dataclass
