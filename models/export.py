@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import sys
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -21,14 +19,14 @@ from typing import Callable
 import torch
 
 from vskip_compile.errors import VskipError
+from vskip_compile.files import Outputs, check_directory
+from vskip_compile.sidecar import SIDECAR, SIDECAR_FORMAT, SIDECAR_VERSION
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
 from .loading import LoadedModel, load_model, timed
 from .wrappers import (DecodeStep, PrefillDecoder, decode_input_names, output_names,
                        prefill_input_names)
 
-SIDECAR = "vskip.json"
-SIDECAR_VERSION = 1
 # Above this many parameter bytes, weights go to external data (protobuf caps a file at 2 GB).
 EXTERNAL_DATA_BYTES = 256 * 2 ** 20
 SUPPORTED_OPSETS = (20, 23)
@@ -45,7 +43,7 @@ def describe(loaded: LoadedModel, opset: int, all_logits: bool) -> dict:
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
     layers = tc.num_hidden_layers
     return {
-        "format": "vskip-export",
+        "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
         "family": family.model_type,
         "source": loaded.source,
@@ -64,13 +62,6 @@ def describe(loaded: LoadedModel, opset: int, all_logits: bool) -> dict:
         "prefill": {"file": "prefill.onnx", "inputs": prefill_input_names(family), "outputs": output_names(layers)},
         "decode": {"file": "decode.onnx", "inputs": decode_input_names(layers), "outputs": output_names(layers)},
     }
-
-
-def read_sidecar(graph_path: str | Path) -> dict | None:
-    path = Path(graph_path).parent / SIDECAR
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def _trace_prompt(loaded: LoadedModel) -> Prompt:
@@ -118,17 +109,9 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     if opset not in SUPPORTED_OPSETS:
         raise VskipError(f"--opset {opset} is not supported: choose 20 (decomposed attention) or 23 (Attention op)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VskipError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and (out_dir / SIDECAR).exists() and not force:
-        raise VskipError(f"{out_dir}: already holds an export; pass --force to overwrite it")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.is_dir():
-        raise VskipError(f"{parent}: no such directory")
-    if not os.access(parent, os.W_OK) or (out_dir.is_dir() and not os.access(out_dir, os.W_OK)):
-        raise VskipError(f"{out_dir}: output directory is not writable")
+    outputs = Outputs(_checkpoint_files(source), force=force)
+    names = _check_export_directory(out_dir, outputs, decode, force)
 
-    _check_writable(parent)
     with timed(progress, f"load {source}"):
         loaded = load_model(source, seed=seed)
     layers = loaded.text_config.num_hidden_layers
@@ -137,11 +120,8 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
     if not decode:
         del sidecar["decode"]
 
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
-    except OSError as exc:
-        raise VskipError(f"{out_dir}: output directory is not writable ({exc.strerror})") from None
-    try:
+    with outputs:
+        staging = outputs.staging_directory(out_dir)
         try:
             inputs = prepare_decoder_inputs(loaded.family, loaded.model, _trace_prompt(loaded))
         except (RuntimeError, ValueError, IndexError) as exc:
@@ -161,21 +141,49 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
                             sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset,
                             external)
         (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        unexpected = sorted(p.name for p in staging.iterdir() if p.name not in names)
+        if unexpected:
+            raise VskipError(f"the exporter wrote files vskip does not know ({', '.join(unexpected)}); "
+                             "nothing was published")
         with timed(progress, f"save {out_dir}"):
-            _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            outputs.publish_directory(staging, out_dir)
     if progress:
         progress(f"exported {loaded.family.model_type}: {layers} layers, opset {opset} -> {out_dir}")
     return sidecar
 
 
-def _check_writable(directory: Path) -> None:
-    """Fail before the slow load if nothing can be created in ``directory``."""
-    try:
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as exc:
-        raise VskipError(f"{directory}: output directory is not writable ({exc.strerror})") from None
+def export_files(decode: bool) -> list[str]:
+    """The files an export writes (weights beside each graph once they pass EXTERNAL_DATA_BYTES)."""
+    graphs = ["prefill.onnx"] + (["decode.onnx"] if decode else [])
+    return [*graphs, *(f"{g}.data" for g in graphs), SIDECAR]
+
+
+def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool, force: bool) -> set[str]:
+    """Refuse, before the slow load, an OUT_DIR the export could not or must not write."""
+    if out_dir.is_symlink():
+        target = "a dangling symbolic link" if not out_dir.exists() else "a symbolic link"
+        raise VskipError(f"{out_dir}: is {target}; name a real directory for the export")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VskipError(f"{out_dir}: exists and is not a directory")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not parent.is_dir():
+        raise VskipError(f"{parent}: no such directory")
+    check_directory(parent)
+    names = export_files(decode)
+    if out_dir.is_dir():
+        check_directory(out_dir)
+        for name in names:  # each file is claimed: never an input, never replaced without --force
+            if os.path.lexists(out_dir / name):
+                outputs.claim(out_dir / name, "export file")
+    return set(names)
+
+
+def _checkpoint_files(source: str) -> list[Path]:
+    """A checkpoint directory's own files: an export must never be written over them."""
+    path = Path(source)
+    if source.startswith("tiny:") or not path.is_dir():
+        return []
+    return [item for item in path.iterdir() if item.is_file()]
 
 
 def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
@@ -198,14 +206,3 @@ def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
               "position_ids": {0: auto, 1: auto} if family.position_rank == 1 else {1: auto, 2: auto},
               "past": tuple({0: auto, 2: auto} for _ in past)}
     return (ids, mask, positions, *past), shapes
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished files into OUT_DIR (created if needed), replacing old ones."""
-    if not out_dir.exists():
-        staging.chmod(0o755)  # mkdtemp creates it private; an export directory is not
-        os.rename(staging, out_dir)
-        staging.mkdir()  # so the caller's cleanup has something to remove
-        return
-    for item in staging.iterdir():
-        os.replace(item, out_dir / item.name)

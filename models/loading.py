@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vskip_compile.errors import VskipError
-
+from .checkpoint import check_loading_info, inspect_checkpoint
 from .family import Family, get_family
 from .families.tiny import perturb_constant_parameters
 
@@ -40,8 +38,9 @@ class LoadedModel:
 def load_model(source: str, seed: int = 0) -> LoadedModel:
     """Load SOURCE in fp32, eval mode, with SDPA attention.
 
-    Raises VskipError for a missing directory, a directory without config.json or
-    safetensors weights, an unknown preset, or an architecture vskip does not support.
+    Raises VskipError for an unknown preset, an architecture vskip does not support, or a
+    checkpoint directory :func:`~.checkpoint.inspect_checkpoint` refuses (missing,
+    incomplete, oversized or hostile), before anything of the model is allocated.
     """
     if source.startswith(TINY_PREFIX):
         family = get_family(source[len(TINY_PREFIX):])
@@ -52,21 +51,16 @@ def load_model(source: str, seed: int = 0) -> LoadedModel:
         return LoadedModel(family, model.float().eval(), source, seed)
 
     path = Path(source)
-    if not path.exists():
-        raise VskipError(f"{source}: no such file or directory (expected a checkpoint directory or 'tiny:<model_type>')")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise VskipError(f"{source}: not a transformers checkpoint directory (no config.json)")
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VskipError(f"{source}/config.json: not valid JSON ({exc})") from None
-    if not isinstance(model_type, str):
-        raise VskipError(f"{source}/config.json: has no 'model_type'")
-    family = get_family(model_type)
-    if not any(path.glob("*.safetensors")):
-        raise VskipError(f"{source}: no *.safetensors weights next to config.json")
-    model = family.model_class().from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    return LoadedModel(family, model.eval(), str(path), None)
+    checkpoint = inspect_checkpoint(path)
+    cls = checkpoint.family.model_class()
+    # The checked config, and safetensors only: nothing from_pretrained could reach beyond
+    # what inspect_checkpoint read. Mismatched shapes come back in the loading info (one
+    # line below) instead of transformers' multi-line RuntimeError.
+    model, info = cls.from_pretrained(path, config=checkpoint.config, dtype=torch.float32, attn_implementation="sdpa",
+                                      use_safetensors=True, local_files_only=True, output_loading_info=True,
+                                      ignore_mismatched_sizes=True)
+    check_loading_info(info, path, cls.__name__)
+    return LoadedModel(checkpoint.family, model.eval(), str(path), None)
 
 
 def timed(progress, label: str):

@@ -18,6 +18,23 @@ whose weight is a 2-D constant. The attention Add's branch leads back from o_pro
 to an attention core whose query derives from h; the FFN Add's branch derives from mid
 and holds no attention. No-op Cast/Identity nodes (legacy exports) are looked through.
 
+Between layers (Qwen3-VL's DeepStack ``h[mask] += e``) the stream may pass through a few
+ops that keep it: an Add or Mul, a ScatterND/ScatterElements into it, or a Where that
+takes it as a data operand, none of them fed by a projection. Each exporter writes the
+update its own way::
+
+    vskip (export patch):   h + Gather(table, CumSum(mask))                       Add
+    legacy TorchScript:     ScatterND(h, NonZero(mask), GatherND(h, ..) + e)      ScatterND
+    transformers exporter:  f = Reshape(h, [-1])                                  flat masked write
+                            f' = Where(mask_flat, Gather(flat(GatherND(h, ..) + e), CumSum ..), f)
+                            h' = Reshape(f', [B, S, D])
+
+so the stream may also leave its layout through a Reshape, but a layer starts only
+where a later Reshape gives it back the shape of the tensor that entered the first
+one (equal inferred shapes, or a target shape read from that tensor by Shape): a
+flattened tensor is never a layer input. The NonZero/GatherND these exporters emit stay
+in the graph as they are; the rewrite adds none and reads nothing from them.
+
 This pass changes nothing. It returns a :class:`DecoderStructure` (one :class:`LayerMatch`
 per layer, in order) for the passes that do, and :func:`format_table` renders it.
 
@@ -58,6 +75,7 @@ KV_PATH = {"Reshape", "Transpose", "Expand", "Unsqueeze", "Squeeze", "Tile"} | N
 PROBS = {"Dropout", "Where"} | NOOP                           # Softmax -> PV MatMul (NaN guard)
 WEIGHT_PATH = {"Transpose", "DequantizeLinear"} | NOOP        # initializer -> MatMul input 1
 GAP_OPS = {"Add", "Mul", "Where", "ScatterND", "ScatterElements"}  # between layers (DeepStack)
+GAP_RESHAPE = "Reshape"                                      # a flat masked write, undone later
 
 MAX_TAIL = 16       # nodes between a projection and its residual Add (post-norm, bias, casts)
 MAX_HEAD_MERGE = 12  # nodes between the core output and o_proj
@@ -211,6 +229,12 @@ def format_table(structure: DecoderStructure) -> str:
 
 def _shape_text(shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "-"
+
+
+def _fully_known(shape) -> bool:
+    """Every dimension a size or a named symbol (the same name means the same size)."""
+    return shape is not None and all(isinstance(d, str) and d != "" or isinstance(d, (int, np.integer)) and d >= 0
+                                     for d in shape)
 
 
 # --------------------------------------------------------------------------- the walks
@@ -605,26 +629,59 @@ class StructureView:
         return layer, []
 
     def next_layer(self, index: int, start) -> tuple[LayerMatch | None, list[str]]:
-        """The layer whose input is ``start`` or a few stream-preserving ops after it (DeepStack adds)."""
-        queue, seen, first_reasons = deque([(start, 0)]), {id(start)}, None
+        """The layer whose input is ``start`` or a few stream-preserving ops after it (DeepStack adds).
+
+        A queued tensor carries ``left``: None while it has the stream's layout, else the
+        tensor whose layout a gap Reshape left, which a later Reshape must give back before
+        a layer may start there (module docstring).
+        """
+        queue, seen, first_reasons = deque([(start, 0, None)]), {id(start)}, None
+        reshaped = []  # (tensor that was reshaped, where the walk lost it) when nothing matched
         while queue:
-            tensor, depth = queue.popleft()
-            layer, reasons = self.match_layer(index, tensor)
-            if layer is not None:
-                return layer, []
-            if first_reasons is None:
-                first_reasons = reasons
-            if depth >= MAX_GAP:
-                continue
-            for alias in self.aliases(tensor):
+            tensor, depth, left = queue.popleft()
+            if left is None:
+                layer, reasons = self.match_layer(index, tensor)
+                if layer is not None:
+                    return layer, []
+                if first_reasons is None:
+                    first_reasons = reasons
+            followed = False
+            for alias in self.aliases(tensor) if depth < MAX_GAP else []:
                 for node in alias.outputs:
-                    if node.op not in GAP_OPS or not self._keeps_stream(node, alias):
+                    if node.op == GAP_RESHAPE and node.inputs[0] is alias:
+                        origin = alias if left is None else left
+                        after = None if self._restores(node, origin) else origin
+                    elif node.op in GAP_OPS and self._keeps_stream(node, alias):
+                        after = left
+                    else:
                         continue
+                    followed = True
                     for out in node.outputs:
                         if id(out) not in seen:
                             seen.add(id(out))
-                            queue.append((out, depth + 1))
-        return None, first_reasons or []
+                            queue.append((out, depth + 1, after))
+            if left is not None and not followed:
+                reshaped.append((left, tensor))
+        reasons = list(first_reasons or [])
+        for left, lost in reshaped[:1]:
+            reasons.append(
+                f"a Reshape after {self.name(left)} takes the stream out of its shape "
+                f"{_shape_text(left.shape)} and no Reshape within {MAX_GAP} nodes gives it back (the walk ends at "
+                f"{self.name(lost)}, shape {_shape_text(lost.shape)}), so no layer may "
+                "start there; a flat masked write must end in a Reshape whose inferred shape equals the stream's "
+                "or whose target is Shape(stream)")
+        return None, reasons
+
+    def _restores(self, reshape: gs.Node, original) -> bool:
+        """Whether ``reshape`` gives ``original``'s shape back: a target read from ``original``
+        (or a no-op alias of it) by a whole-tensor Shape, or equal inferred shapes with no
+        unknown dimension."""
+        target = _producer(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+        if target is not None and target.op == "Shape" and not target.attrs.get("start") \
+                and target.attrs.get("end") is None and any(target.inputs[0] is a for a in self.aliases(original)):
+            return True
+        got, want = reshape.outputs[0].shape, original.shape
+        return _fully_known(got) and _fully_known(want) and [str(d) for d in got] == [str(d) for d in want]
 
     def _keeps_stream(self, node: gs.Node, stream) -> bool:
         """Between layers the stream may be scattered into or added to, but never by a projection."""
@@ -634,6 +691,11 @@ class StructureView:
             return all(self.branch_projection(t)[0] is None for t in node.inputs if t is not stream)
         if node.op in ("ScatterND", "ScatterElements"):
             return node.inputs[0] is stream
+        if node.op == "Where":
+            # the stream is a value kept where the condition says so, never the condition
+            data = node.inputs[1:]
+            return any(t is stream for t in data) and \
+                all(self.branch_projection(t)[0] is None for t in data if t is not stream)
         return True
 
     def seeds(self) -> list:

@@ -88,7 +88,7 @@ def test_run_not_onnx(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"\x00garbage" * 10)
     np.savez(tmp_path / "feeds.npz", x=np.zeros(1))
     _fails_cleanly(capsys, ["run", str(tmp_path / "m.onnx"), "--inputs", str(tmp_path / "feeds.npz"),
-                            "-o", str(tmp_path / "o.npz")], "cannot load")
+                            "-o", str(tmp_path / "o.npz")], "not an ONNX model")
     assert not (tmp_path / "o.npz").exists()
 
 

@@ -179,7 +179,7 @@ ERRORS = {
     "version type": (vskip(version="1"), ["'version' must be an integer", "string"]),
     "num_layers type": (vskip(num_layers="24"), ["model.num_layers must be an integer", "string"]),
     "num_layers bool": (opskip(num_layers=True), ["'num_layers' must be an integer", "boolean"]),
-    "num_layers zero": (vskip(num_layers=0), ["model.num_layers must be a positive integer"]),
+    "num_layers zero": (vskip(num_layers=0), ["model.num_layers must be an integer in 1-4096"]),
     "layers type": (vskip(layers=["freeze"]), ["'layers' must be an object", "array"]),
     "action type": (vskip({"1": 3}), ["layers['1'] must be a string", "integer"]),
     "family type": ({**vskip(), "model": {"family": 2, "num_layers": 4}}, ["model.family must be a string"]),
@@ -240,7 +240,7 @@ def test_bad_plan_file_says_what_is_wrong(tmp_path, name):
 
 
 def test_plan_error_is_a_user_error(tmp_path):
-    with pytest.raises(VskipError, match="cannot read plan file"):
+    with pytest.raises(VskipError, match="no such file"):
         load_plan(tmp_path / "missing.json")
 
 

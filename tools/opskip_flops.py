@@ -113,7 +113,8 @@ def export(out: Path) -> Path:
     import onnx_ir as ir
     import torch
 
-    from vskip_compile.models.export import SIDECAR, _prefill_dynamic_shapes, describe
+    from vskip_compile.models.export import _prefill_dynamic_shapes, describe
+    from vskip_compile.sidecar import SIDECAR
     from vskip_compile.models.family import get_family
     from vskip_compile.models.loading import LoadedModel
     from vskip_compile.models.wrappers import PrefillDecoder, output_names, prefill_input_names

@@ -29,14 +29,15 @@ def main(argv=None) -> int:
     parser.add_argument("--replot", action="store_true", help="redraw --plot from an existing --json; no timing")
     args = parser.parse_args(argv)
     if args.replot:
-        with open(args.json) as handle:
-            _plot(json.load(handle)["points"], args.plot)
+        from vskip_compile.files import read_json
+
+        _plot(read_json(args.json, "scaling results")["points"], args.plot)
         return 0
 
     if not (args.model and args.plan):
         parser.error("--model and --plan are required unless --replot")
     from vskip_compile.bench import run_bench
-    from vskip_compile.files import write_text_atomic
+    from vskip_compile.files import Outputs
 
     points = []
     for visual in args.visual:
@@ -54,7 +55,9 @@ def main(argv=None) -> int:
     data = {"command": "python tools/scaling.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "machine": result["machine"], "versions": result["versions"], "date": result["date"],
             "threads": result["threads"], "points": points}
-    write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+    with Outputs([args.model, args.plan], force=True) as outputs:  # a tool's own result file: rerun replaces it
+        outputs.write_text(args.json, json.dumps(data, indent=2) + "\n")
+        outputs.commit()
     _plot(points, args.plot)
     return 0
 

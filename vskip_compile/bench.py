@@ -22,7 +22,7 @@ Per config: median, min, max, p25, p75, IQR, mean of the timed rounds. Per plan:
 within each round) with its median and spread; ``ideal_speedup`` = FLOPs(vanilla) /
 FLOPs(plan); ``realization`` = (speedup - 1) / (ideal_speedup - 1), undefined (None) when
 the ideal speedup is 1. The result is one JSON-ready dict (``format`` "vskip-bench"); the
-same dict feeds :func:`format_table`, :func:`to_markdown` and :func:`write_json`, so a
+same dict feeds :func:`format_table`, :func:`to_markdown` and the JSON report, so a
 saved JSON file can be turned into a table later. Timing is measured, never judged here.
 
 The PyTorch configs run the skip reference, which computes every row and zeroes the
@@ -51,7 +51,8 @@ import numpy as np
 
 from . import __version__
 from .errors import VskipError
-from .files import copy_file_atomic, output_directory, write_text_atomic
+from .files import (Outputs, check_directory, external_data, input_file, register_temp, release_temp,
+                    usable_cores)
 from .plan import Action, FreezeScope, Plan, load_plan
 from .visual_rows import ROW_INPUTS, row_feeds
 
@@ -76,6 +77,12 @@ IdealFn = Callable[[Plan, np.ndarray, Path], float]
 
 # ----------------------------------------------------------------------------- workload
 
+# Bounds on a benchmark's size, checked before anything is allocated: the prompt's rows
+# (its embeddings alone are rows x hidden floats) and the timed repetitions.
+MAX_ROWS = 2**17
+MAX_ROUNDS = 10_000
+
+
 def layout(visual_rows: int, text_rows: int, prefix_rows: int | None = None) -> np.ndarray:
     """Visual-row mask [S]: ``prefix_rows`` text rows, the visual block, the other text rows.
 
@@ -83,10 +90,11 @@ def layout(visual_rows: int, text_rows: int, prefix_rows: int | None = None) -> 
     header); at least one text row always follows the image, as a question would, and
     as ``freeze_scope`` ``prefix_through_visual`` needs.
     """
-    if visual_rows < 0:
-        raise VskipError(f"--visual-rows must be >= 0, got {visual_rows}")
-    if text_rows < 1:
-        raise VskipError(f"--text-rows must be >= 1 (a prompt needs a text row after the image), got {text_rows}")
+    if not 0 <= visual_rows <= MAX_ROWS:
+        raise VskipError(f"--visual-rows must be in 0-{MAX_ROWS}, got {visual_rows}")
+    if not 1 <= text_rows <= MAX_ROWS:
+        raise VskipError(f"--text-rows must be in 1-{MAX_ROWS} (a prompt needs a text row after the image), "
+                         f"got {text_rows}")
     prefix = text_rows // 4 if prefix_rows is None else prefix_rows
     if not 0 <= prefix < text_rows:
         raise VskipError(f"the text prefix must be 0 to {text_rows - 1} rows (one text row must follow "
@@ -358,25 +366,17 @@ def _ort_over_torch(by_name: dict[str, Config], label: str) -> dict:
 
 def read_dims(model: Path, sidecar: dict | str | Path | None) -> dict:
     """The model's dimensions: ``sidecar`` (a dict or JSON file) or vskip.json beside the graph."""
+    from .sidecar import check_sidecar, load_sidecar_file, read_sidecar, require
+
     if sidecar is None:
-        path = model.parent / "vskip.json"
-        if not path.is_file():
+        found = read_sidecar(model)
+        if found is None:
             raise VskipError(f"{model}: no vskip.json beside it; export the model with `vskip export`, or pass "
                              f"--sidecar FILE.json with its {', '.join(DIM_FIELDS)}")
-        sidecar = path
-    if not isinstance(sidecar, dict):
-        try:
-            sidecar = json.loads(Path(sidecar).read_text())
-        except OSError as exc:
-            raise VskipError(f"{sidecar}: cannot read the sidecar: {exc.strerror or exc}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise VskipError(f"{sidecar}: the sidecar is not valid JSON") from None
-    if not isinstance(sidecar, dict):
-        raise VskipError("the sidecar must be a JSON object")
-    bad = [k for k in DIM_FIELDS if type(sidecar.get(k)) is not int or sidecar[k] <= 0]
-    if bad:
-        raise VskipError(f"the sidecar lacks positive integer {', '.join(bad)}; re-export with `vskip export`")
-    return sidecar
+        return require(found, DIM_FIELDS, f"{model.parent / 'vskip.json'}")
+    if isinstance(sidecar, dict):
+        return require(check_sidecar(sidecar, "the sidecar"), DIM_FIELDS, "the sidecar")
+    return require(load_sidecar_file(sidecar), DIM_FIELDS, str(sidecar))
 
 
 class _Recorded:
@@ -389,7 +389,7 @@ class _Recorded:
 def _recorded(path: Path, dims: dict) -> _Recorded:
     from .compile import compiled_plan, load_graph
 
-    recorded = compiled_plan(load_graph(path))
+    recorded = compiled_plan(load_graph(path), path)
     if recorded is None:
         raise VskipError(f"{path}: not compiled by vskip (it records no plan); pass its plan with --plan instead")
     plan, _ = load_plan(recorded)
@@ -498,7 +498,7 @@ def versions() -> dict:
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -511,7 +511,7 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
               json_path: str | Path | None = None, markdown_path: str | Path | None = None,
               progress: Callable[[str], None] | None = None,
               clock: Callable[[], float] = time.perf_counter,
-              compiled_graphs: list[str | Path] = ()) -> dict:
+              compiled_graphs: list[str | Path] = (), force: bool = False) -> dict:
     """Time MODEL.onnx against each plan's compiled graph; returns the JSON-ready result.
 
     ``compiled_graphs`` are graphs vskip already compiled from MODEL.onnx (for instance by
@@ -523,19 +523,25 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     the result's ``ideal_source`` says which was used.
     ``command`` is recorded as the command line (default: this process's argv).
     ``json_path`` / ``markdown_path``: where to write the result (checked before any work).
+    ``force``: replace existing report files and, in ``workdir``, compiled graphs; never
+    one of the inputs.
     """
     from .compile import compile_model, compiled_plan, load_graph
 
-    model = Path(model)
+    model = input_file(model, "ONNX model")
     threads = default_threads() if threads is None else threads
-    for name, value, low in (("--threads", threads, 1), ("--rounds", rounds, 1), ("--warmup", warmup, 0)):
-        if type(value) is not int or value < low:
-            raise VskipError(f"{name} must be an integer >= {low}, got {value}")
+    for name, value, low, high in (("--threads", threads, 1, usable_cores()), ("--rounds", rounds, 1, MAX_ROUNDS),
+                                   ("--warmup", warmup, 0, MAX_ROUNDS)):
+        if type(value) is not int or not low <= value <= high:
+            raise VskipError(f"{name} must be an integer in {low}-{high}, got {value}")
     visual = layout(visual_rows, text_rows, prefix_rows)
+    plan_files = [p for p in plans if not isinstance(p, Plan)]
+    sidecar_file = [sidecar] if isinstance(sidecar, (str, os.PathLike)) else []
+    reports = Outputs([model, *plan_files, *compiled_graphs, *sidecar_file], force=force)
     for path in (json_path, markdown_path):
         if path is not None:
-            output_directory(path)
-    if compiled_plan(load_graph(model)) is not None:
+            reports.claim(path, "report")
+    if compiled_plan(load_graph(model), model) is not None:
         raise VskipError(f"{model}: already compiled by vskip; bench the original graph, the plans are compiled here")
     dims = read_dims(model, sidecar)
     loaded_plans = _load_plans(list(plans) + [_recorded(Path(g), dims) for g in compiled_graphs], dims)
@@ -544,24 +550,37 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
     keep = workdir is not None
     directory = Path(workdir) if keep else model.parent
     if keep:
-        directory.mkdir(parents=True, exist_ok=True)
-    elif not _writable(directory):
-        raise VskipError(f"{directory}: not writable, and the compiled graphs go beside the source by default; "
-                         "pass --workdir DIR")
+        _make_workdir(directory)
+    else:
+        try:
+            check_directory(directory)
+        except VskipError:
+            raise VskipError(f"{directory}: not writable, and the compiled graphs go beside the source by default; "
+                             "pass --workdir DIR") from None
+    targets = []
+    for (label, _, _), given in zip(loaded_plans, prebuilt):
+        if given is not None:
+            targets.append(given)
+        elif keep:  # claimed now: never over an input (a --compiled graph), never over a file without --force
+            targets.append(reports.claim(directory / f"{model.stem}.{label}.onnx", "compiled graph"))
+        else:
+            targets.append(directory / f".{model.stem}.bench-{os.getpid()}.{label}.onnx")
     compiled: list[Path] = []
     previous_threads = None
-    source = _stage_source(model, directory, progress) if keep else model
+    source = model
     try:
-        for (label, plan, _), given in zip(loaded_plans, prebuilt):
+        if keep:
+            source = _stage_source(model, directory, force, progress)
+        for (label, plan, _), given, output in zip(loaded_plans, prebuilt, targets):
             if given is not None:
                 compiled.append(given)
                 continue
-            name = f"{model.stem}.{label}.onnx" if keep else f".{model.stem}.bench-{os.getpid()}.{label}.onnx"
-            output = directory / name
             if progress:
                 progress(f"compiling {label} -> {output}")
+            if not keep:
+                register_temp(output)  # hidden beside the source: removed on any exit, signals included
             compiled.append(output)
-            compile_model(source, plan, output, force=True, progress=progress)
+            compile_model(source, plan, output, force=force, progress=progress)
         # Before any timing, so a failing FLOPs counter costs no benchmark time.
         ideals, ideal_source = ideal_speedups(ideal, model, dims, loaded_plans, compiled, visual, progress)
 
@@ -583,12 +602,10 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
             import torch as torch_module
 
             torch_module.set_num_threads(previous_threads)
-        if source != model:
-            source.unlink(missing_ok=True)
         if not keep:
             for path, given in zip(compiled, prebuilt):
                 if given is None:
-                    path.unlink(missing_ok=True)
+                    release_temp(path, remove=True)
 
     rows, plan_rows = summarize(configs, ideals)
     for entry, (label, plan, source) in zip(plan_rows, loaded_plans):
@@ -610,37 +627,55 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
         "vanilla": _vanilla_block(rows),
         "plans": plan_rows, "configs": rows,
     }
-    if json_path is not None:
-        write_json(result, json_path)
-    if markdown_path is not None:
-        write_markdown(result, markdown_path)
+    with reports:
+        if json_path is not None:
+            reports.write_text(json_path, json.dumps(result, indent=2) + "\n")
+        if markdown_path is not None:
+            reports.write_text(markdown_path, to_markdown(result))
+        reports.commit()
     return result
 
 
-def _stage_source(model: Path, directory: Path, progress) -> Path:
+def _make_workdir(directory: Path) -> None:
+    if directory.is_symlink() and not directory.exists():
+        raise VskipError(f"{directory}: a dangling symbolic link; name a directory for --workdir")
+    if directory.exists() and not directory.is_dir():
+        raise VskipError(f"{directory}: exists and is not a directory; name a directory for --workdir")
+    if not directory.exists():
+        parent = directory.parent if str(directory.parent) else Path(".")
+        if not parent.is_dir():
+            raise VskipError(f"{parent}: no such directory (for --workdir {directory})")
+        try:
+            directory.mkdir()
+        except OSError as exc:
+            raise VskipError(f"{directory}: cannot create it: {exc.strerror or exc}") from None
+    check_directory(directory)
+
+
+def _stage_source(model: Path, directory: Path, force: bool, progress) -> Path:
     """The graph to compile into ``directory`` from.
 
-    A compiled graph needs its external weights in its own directory, and compile_model
-    copies them for every output written elsewhere; so for a workdir elsewhere the source
-    graph and its weights are copied there once and every plan is compiled beside that
-    copy. Weights already there with the source's size are taken as a copy from an earlier
-    run (weight values do not change timings).
+    A compiled graph needs its external weights in its own directory; compiled beside one
+    staged copy of the source, every plan's graph shares that copy's weights instead of
+    owning a copy each. The staged graph ``MODEL.bench-source.onnx`` and its weights
+    ``MODEL.bench-source.onnx.data`` stay in the workdir with the compiled graphs.
     """
-    from .compile import external_files, load_graph
+    from .compile import _relocate_weights, load_graph, weights_name
 
-    files = external_files(load_graph(model))
-    if not files or directory.resolve() == model.parent.resolve():
+    graph = load_graph(model)
+    files = external_data(graph, model)
+    if not files or os.path.realpath(directory) == os.path.realpath(model.parent):
         return model
-    for name in files:
-        src, dst = model.parent / name, directory / name
-        if dst.exists() and dst.stat().st_size != src.stat().st_size:
-            raise VskipError(f"{dst}: exists and is not {src}'s weights; choose an empty --workdir")
-        if not dst.exists():
-            if progress:
-                progress(f"copying {src.stat().st_size / 2**20:.0f} MiB of weights to {dst} once for every plan")
-            copy_file_atomic(src, dst)
-    staged = directory / f".{model.stem}.bench-source.onnx"
-    shutil.copyfile(model, staged)
+    staged = directory / f"{model.stem}.bench-source.onnx"
+    with Outputs([model, *(f.path for f in files.values())], force=force) as staging:
+        staging.claim(staged, "staged source graph")
+        copies = {location: staged.with_name(weights_name(staged, i)) for i, location in enumerate(files)}
+        for location, target in copies.items():
+            staging.claim(target, "staged weights")
+            staging.copy(files[location].path, target, progress)
+        _relocate_weights(graph, copies)
+        staging.write_bytes(staged, graph.SerializeToString())
+        staging.commit()
     return staged
 
 
@@ -667,22 +702,6 @@ def _vanilla_block(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- reports
-
-def _writable(directory: Path) -> bool:
-    try:
-        output_directory(directory / "probe")
-        return True
-    except VskipError:
-        return False
-
-
-def write_json(result: dict, path: str | Path) -> None:
-    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
-
-
-def write_markdown(result: dict, path: str | Path) -> None:
-    write_text_atomic(path, to_markdown(result))
-
 
 def _f(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)

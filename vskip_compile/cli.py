@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import VskipError
+from .files import Terminated, _one_line, escape, is_disk_full, signals_raise
 from .plan import Action
 
 
@@ -75,26 +76,31 @@ class Run(Command):
         parser.add_argument("--force", action="store_true", help="overwrite OUT.npz if it exists")
 
     def run(self, args):
-        from .files import read_npz, write_npz_atomic
+        from .files import Outputs, check_threads, read_npz
         from .runner import make_session, run_session
-        from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds
+        from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length
 
-        output = Path(args.output)
-        if output.exists() and not args.force:
-            raise VskipError(f"{output}: exists; pass --force to overwrite it")
-        feeds = read_npz(args.inputs)
-        session = make_session(args.model, args.threads)
-        wanted = [i.name for i in session.get_inputs() if i.name in ROW_INPUTS]
-        if args.visual_rows is not None:
-            if not wanted:
-                raise VskipError(f"{args.model}: not a compiled graph; --visual-rows applies only to compiled graphs")
-            length = _sequence_length(feeds)
-            feeds.update(row_feeds(parse_ranges(args.visual_rows, length), wanted))
-        elif wanted and not all(name in feeds for name in wanted):
-            raise VskipError(f"{args.model} is compiled: pass --visual-rows (or {', '.join(wanted)} in the feeds)")
-        outputs = run_session(session, feeds)
-        write_npz_atomic(output, outputs)
-        _progress(f"wrote {len(outputs)} outputs to {output}")
+        threads = check_threads(args.threads)
+        outputs = Outputs([args.model, args.inputs], force=args.force)
+        with outputs:
+            feeds = read_npz(args.inputs)
+            session = make_session(args.model, threads, outputs=outputs)
+            wanted = [i.name for i in session.get_inputs() if i.name in ROW_INPUTS]
+            if args.visual_rows is not None:
+                if not wanted:
+                    raise VskipError(f"{args.model}: not a compiled graph; --visual-rows applies only to compiled graphs")
+                given = [n for n in wanted if n in feeds]
+                if given:
+                    raise VskipError(f"the feeds already hold {', '.join(given)}; give the rows once "
+                                     "(--visual-rows or the feeds)")
+                feeds.update(row_feeds(parse_ranges(args.visual_rows, sequence_length(feeds)), wanted))
+            elif wanted and not all(name in feeds for name in wanted):
+                raise VskipError(f"{args.model} is compiled: pass --visual-rows (or {', '.join(wanted)} in the feeds)")
+            outputs.claim(args.output, "outputs file")
+            result = run_session(session, feeds)
+            outputs.write_npz(args.output, result)
+            outputs.commit()
+        _progress(f"wrote {len(result)} outputs to {args.output}")
         return 0
 
 
@@ -116,15 +122,22 @@ class Compile(Command):
         parser.add_argument("--report", action="store_true",
                             help="count FLOPs before and after: print the table and the ideal speedup, write "
                                  "OUT.flops.json and a per-layer plot OUT.flops.png")
-        parser.add_argument("--visual-rows", type=int, default=1024, metavar="N",
+        parser.add_argument("--visual-rows", type=int, default=None, metavar="N",
                             help="visual rows of the --report workload (default 1024)")
-        parser.add_argument("--text-rows", type=int, default=64, metavar="M",
+        parser.add_argument("--text-rows", type=int, default=None, metavar="M",
                             help="text rows of the --report workload, after the visual block (default 64)")
 
     def run(self, args):
         from .compile import compile_model
 
-        report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress)
+        if not args.report and (args.visual_rows, args.text_rows) != (None, None):
+            raise VskipError("--visual-rows and --text-rows describe the --report workload; add --report")
+        args.visual_rows = 1024 if args.visual_rows is None else args.visual_rows
+        args.text_rows = 64 if args.text_rows is None else args.text_rows
+        if args.report:
+            check_workload(args.visual_rows, args.text_rows)
+        report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
+                               extra_outputs=report_files if args.report else None)
         _progress(report.table)
         for index, action in enumerate(report.actions):
             if action is not Action.FULL:
@@ -138,23 +151,45 @@ class Compile(Command):
         return 0
 
 
+# Prompt sizes a FLOPs workload may describe: counts, not allocations, but a bound keeps
+# the numbers meaningful and the arithmetic in range.
+MAX_WORKLOAD_ROWS = 2**20
+
+
+def check_workload(visual_rows: int, text_rows: int) -> None:
+    if not 0 <= visual_rows <= MAX_WORKLOAD_ROWS:
+        raise VskipError(f"--visual-rows must be a row count in 0-{MAX_WORKLOAD_ROWS}, got {visual_rows}")
+    if not 1 <= text_rows <= MAX_WORKLOAD_ROWS:
+        raise VskipError(f"--text-rows must be a row count in 1-{MAX_WORKLOAD_ROWS} (at least one text row), "
+                         f"got {text_rows}")
+
+
+def report_files(compiled_path) -> list[Path]:
+    """The --report files of a compiled graph: OUT.flops.json and OUT.flops.png, beside it."""
+    stem = Path(compiled_path).with_suffix("")
+    return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
+
+
 def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int) -> None:
-    from .flops import count_flops, format_comparison, save_plot
-    from .files import write_text_atomic
+    from .files import Outputs
+    from .flops import count_flops, format_comparison, plot_png
 
     rows = visual_rows + text_rows
     vanilla = count_flops(vanilla_path, sequence_length=rows, visual_rows=visual_rows)
     compiled = count_flops(compiled_path, sequence_length=rows, visual_rows=visual_rows)
     required = _required_flops(vanilla, compiled_path)
     print(format_comparison(vanilla, compiled, required))
-    stem = Path(compiled_path).with_suffix("")
     data = {"workload": {"sequence_length": rows, "visual_rows": visual_rows, "text_rows": text_rows},
             **_speedups(vanilla, compiled, required),
             "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json()),
             "required": json.loads(required.to_json()) if required else None}
-    write_text_atomic(Path(f"{stem}.flops.json"), json.dumps(data, indent=2) + "\n")
-    save_plot(vanilla, compiled, Path(f"{stem}.flops.png"))
-    _progress(f"wrote {stem}.flops.json and {stem}.flops.png")
+    json_path, png_path = report_files(compiled_path)
+    # The compiled graph was just written by this command: --force may replace its own report files.
+    with Outputs([vanilla_path, compiled_path], force=True) as outputs:
+        outputs.write_text(json_path, json.dumps(data, indent=2) + "\n")
+        outputs.write_bytes(png_path, plot_png(vanilla, compiled))
+        outputs.commit()
+    _progress(f"wrote {json_path} and {png_path}")
 
 
 def _required_flops(vanilla, compiled_path):
@@ -191,10 +226,18 @@ class Flops(Command):
         parser.add_argument("--text-rows", type=int, default=64, metavar="M", help="text rows after the visual block")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
         parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
+        parser.add_argument("--force", action="store_true", help="replace OUT.png if it exists")
 
     def run(self, args):
-        from .flops import count_flops, format_comparison, save_plot
+        from .files import Outputs
+        from .flops import count_flops, format_comparison, plot_png
 
+        if args.plot and not args.compare:
+            raise VskipError("--plot draws vanilla against compiled: add --compare COMPILED.onnx")
+        check_workload(args.visual_rows, args.text_rows)
+        outputs = Outputs([args.model] + ([args.compare] if args.compare else []), force=args.force)
+        if args.plot:
+            outputs.claim(args.plot, "plot")  # before the counting: a bad name costs nothing
         rows = args.visual_rows + args.text_rows
         base = count_flops(args.model, sequence_length=rows, visual_rows=args.visual_rows)
         if not args.compare:
@@ -209,7 +252,9 @@ class Flops(Command):
         else:
             print(format_comparison(base, other, required))
         if args.plot:
-            save_plot(base, other, args.plot)
+            with outputs:
+                outputs.write_bytes(args.plot, plot_png(base, other))
+                outputs.commit()
             _progress(f"wrote {args.plot}")
         return 0
 
@@ -282,6 +327,8 @@ class Bench(Command):
         parser.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
         parser.add_argument("--markdown", metavar="OUT.md", help="write a section for docs/benchmarks.md")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        parser.add_argument("--force", action="store_true",
+                            help="replace existing --json / --markdown files and, in --workdir, compiled graphs")
 
     def run(self, args):
         from .bench import format_table, run_bench
@@ -290,7 +337,7 @@ class Bench(Command):
                            prefix_rows=args.text_prefix, threads=args.threads, warmup=args.warmup,
                            rounds=args.rounds, pytorch=args.torch, workdir=args.workdir, sidecar=args.sidecar,
                            seed=args.seed, json_path=args.json, markdown_path=args.markdown, progress=_progress,
-                           compiled_graphs=args.compiled)
+                           compiled_graphs=args.compiled, force=args.force)
         print(format_table(result))
         for path in (args.json, args.markdown):
             if path:
@@ -331,13 +378,6 @@ class Demo(Command):
 COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run()]
 
 
-def _sequence_length(feeds) -> int:
-    for name, axis in (("inputs_embeds", 1), ("attention_mask", 1), ("input_ids", 1)):
-        if name in feeds and feeds[name].ndim > axis:
-            return int(feeds[name].shape[axis])
-    raise VskipError("cannot tell the sequence length: the feeds have no inputs_embeds or attention_mask")
-
-
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -358,21 +398,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler.run(args)
-    except VskipError as exc:
-        print(f"vskip {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"vskip {args.command}: interrupted", file=sys.stderr)
-        return 130
+def main(argv: list[str] | None = None, prog: str = "vskip") -> int:
+    """Run one subcommand. Every failure is one line on stderr, control characters
+    escaped: exit 2 for bad input (and for an internal error, which names --debug),
+    130 / 143 for SIGINT / SIGTERM. ``--debug`` keeps tracebacks."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    parser.prog = prog
+    args = parser.parse_args(argv)
+    name = prog if prog != "vskip" else f"vskip {args.command}"
+    with signals_raise():
+        try:
+            return args.handler.run(args)
+        except VskipError as exc:
+            if debug:
+                raise
+            print(f"{name}: error: {escape(exc)}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted; nothing was written", file=sys.stderr)
+            return 130
+        except Terminated:
+            print(f"{name}: terminated; nothing was written", file=sys.stderr)
+            return 143
+        except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the rest
+            if debug:
+                raise
+            if is_disk_full(exc):
+                print(f"{name}: error: no space left on the device ({_one_line(exc)}); nothing was written",
+                      file=sys.stderr)
+                return 2
+            print(f"{name}: error: {type(exc).__name__}: {_one_line(exc)} (an internal error: rerun with "
+                  "--debug for the traceback and report it)", file=sys.stderr)
+            return 2
 
 
 def compile_main(argv: list[str] | None = None) -> int:
     """``vskip-compile ...`` is ``vskip compile ...``."""
-    return main(["compile", *(sys.argv[1:] if argv is None else argv)])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        print(f"vskip-compile {__version__}")
+        return 0
+    return main(["compile", *argv], prog="vskip-compile")
 
 
 if __name__ == "__main__":

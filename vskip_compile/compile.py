@@ -3,10 +3,14 @@
     load (graph only; external weights stay on disk) -> refuse recompiles -> read the plan
     -> locate layers by structure -> skip visual rows per plan -> write atomically
 
-Weights in external data are never read or loaded: the compiled graph references the
-source's data file when written beside it (the default), and gets a copy of that file
-when written to another directory. The compiled model
-records its plan in ``metadata_props`` so a second compile is refused.
+Weights in external data are never read or loaded. A compiled graph owns its weights:
+written beside its source (the default) it references the source's data files, which it
+may share; written to another directory it gets a byte copy named after itself,
+``OUT.onnx.data`` (:func:`weights_name`), so any number of compiled graphs can live in one
+directory and ``--force`` only ever replaces files that belong to OUT. Every output is
+claimed before any work (:class:`vskip_compile.files.Outputs`) and published by rename
+at the end. The compiled model records its plan in ``metadata_props`` so a second
+compile is refused.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from typing import Callable
 import onnx
 
 from .errors import VskipError
-from .files import copy_file_atomic, output_directory, write_bytes_atomic
-from .shapes import with_shapes
+from .files import (MAX_GRAPH_BYTES, Outputs, external_data, external_info, external_tensors, input_file,
+                    open_input, parse_json, resolve_external)
 from .plan import Action, Plan, PlanInfo, load_plan, to_json
+from .shapes import with_shapes
+from .sidecar import read_sidecar, sidecar_path
+from .visual_rows import ROW_INPUTS
 
 PLAN_METADATA = "vskip.plan"
 ROWS_METADATA = "vskip.row_inputs"
@@ -43,6 +50,7 @@ class CompileReport:
     seconds: float = 0.0
     external_data: list[str] = field(default_factory=list)
     table: str = ""
+    plan: Plan | None = None                                # the plan compiled, freeze scope included
 
     def summary(self) -> str:
         counts = {a: self.actions.count(a) for a in Action if self.actions.count(a)}
@@ -52,76 +60,99 @@ class CompileReport:
                 f"{self.seconds:.2f} s")
 
 
-def load_graph(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file without its external weights, checking the weights are there."""
-    path = Path(path)
-    if not path.is_file():
-        raise VskipError(f"{path}: no such file")
+MIN_OPSET = 13  # Unsqueeze/Squeeze take axes as inputs and Softmax is per-axis from 13 on
+
+
+def load_graph(path: str | Path, weights_needed: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file without its external weights, checking every reference to them.
+
+    External data must lie inside the model's directory and fit its files (see
+    :func:`vskip_compile.files.external_data`); small external constants are read in.
+    ``weights_needed=False`` accepts absent data files (the FLOPs counter needs shapes only).
+    """
+    path = input_file(path, "ONNX model", MAX_GRAPH_BYTES)
+    with open_input(path, "ONNX model", MAX_GRAPH_BYTES) as handle:
+        data = handle.read()
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends for bad bytes
-        raise VskipError(f"{path}: not an ONNX model or truncated ({type(exc).__name__})") from None
+        model = onnx.load_model_from_string(data)
+    except Exception:  # protobuf raises DecodeError and friends for bad bytes
+        raise VskipError(f"{path}: not an ONNX model or truncated") from None
     if not model.graph.node:
         raise VskipError(f"{path}: not an ONNX model or truncated (no graph nodes)")
-    for name, needed in external_files(model).items():
-        data = path.parent / name
-        if not data.is_file():
-            raise VskipError(f"{path}: missing external data file {data}")
-        if data.stat().st_size < needed:
-            raise VskipError(f"{path}: external data file {data} is truncated "
-                             f"({data.stat().st_size} bytes, the graph needs {needed})")
-    _inline_small_external(model, path.parent)
+    external_data(model, path, weights_needed)
+    _inline_small_external(model, path)
     return model
 
 
-def _inline_small_external(model: onnx.ModelProto, base_dir: Path, limit: int = 4096) -> None:
+def check_opset(model: onnx.ModelProto, path: str | Path) -> int:
+    """The graph's default-domain opset, if vskip can rewrite it and ONNX Runtime load the result."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise VskipError(f"{path}: imports no default ONNX opset; not a decoder graph vskip can compile")
+    opset, newest = versions[0], onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise VskipError(f"{path}: opset {opset} is not supported; vskip compiles opsets {MIN_OPSET}-{newest} "
+                         "(re-export the model with a newer opset)")
+    return opset
+
+
+def _inline_small_external(model: onnx.ModelProto, path: Path, limit: int = 4096) -> None:
     """Read external tensors of at most ``limit`` bytes into the graph.
 
     The rewrite reads a few small constants (axes, shapes); any exporter may have put them
-    in external data. Weights stay where they are.
+    in external data. Weights stay where they are. The references were checked by
+    :func:`external_data` before this runs.
     """
-    from onnx.external_data_helper import load_external_data_for_tensor
-
-    for tensor in _all_initializers(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and int(info.get("length", limit + 1)) <= limit:
-            load_external_data_for_tensor(tensor, str(base_dir))
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
+    for tensor in external_tensors(model):
+        location, offset, length = external_info(tensor, path)
+        data = resolve_external(path, location, must_exist=False)
+        if length is None or length > limit or not data.exists():
+            continue  # an absent file (allowed only without weights_needed): the value stays unknown
+        with open_input(data, "external data file") as handle:
+            handle.seek(offset)
+            tensor.raw_data = handle.read(length)
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def external_files(model: onnx.ModelProto) -> dict[str, int]:
-    """External data file -> the number of bytes the graph reads from it."""
+    """External data location -> the number of bytes the graph reads from it (unchecked:
+    for a graph already in memory; files on disk go through :func:`load_graph`)."""
     files: dict[str, int] = {}
-    for tensor in _all_initializers(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
+    for tensor in external_tensors(model):
         info = {e.key: e.value for e in tensor.external_data}
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        end = int(info.get("offset") or 0) + int(info.get("length") or 0)
         files[info["location"]] = max(files.get(info["location"], 0), end)
     return files
 
 
-def _all_initializers(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_location == onnx.TensorProto.EXTERNAL:
-                yield attr.t
+def compiled_plan(model: onnx.ModelProto, source: str | Path = "graph") -> dict | None:
+    """The plan a compiled graph records (a JSON object), or None for a graph vskip did not compile."""
+    value = _metadata(model, PLAN_METADATA)
+    if value is None:
+        return None
+    plan = parse_json(value, f"{source}: metadata {PLAN_METADATA}", "recorded plan")
+    if not isinstance(plan, dict):
+        raise VskipError(f"{source}: metadata {PLAN_METADATA} is not a plan (a JSON object); "
+                         "the graph's metadata is damaged")
+    return plan
 
 
-def compiled_plan(model: onnx.ModelProto) -> dict | None:
+def row_input_names(model: onnx.ModelProto, source: str | Path = "graph") -> list[str]:
+    value = _metadata(model, ROWS_METADATA)
+    if value is None:
+        return []
+    names = parse_json(value, f"{source}: metadata {ROWS_METADATA}", "row input list")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in ROW_INPUTS for n in names):
+        raise VskipError(f"{source}: metadata {ROWS_METADATA} must list row inputs among {', '.join(ROW_INPUTS)}")
+    return names
+
+
+def _metadata(model: onnx.ModelProto, key: str) -> str | None:
     for prop in model.metadata_props:
-        if prop.key == PLAN_METADATA:
-            return json.loads(prop.value)
+        if prop.key == key:
+            return prop.value
     return None
-
-
-def row_input_names(model: onnx.ModelProto) -> list[str]:
-    for prop in model.metadata_props:
-        if prop.key == ROWS_METADATA:
-            return json.loads(prop.value)
-    return []
 
 
 def default_output(model_path: str | Path) -> Path:
@@ -129,74 +160,106 @@ def default_output(model_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.vskip.onnx")
 
 
+def weights_name(output: Path, index: int) -> str:
+    """The external-data file a compiled graph written away from its source owns:
+    ``OUT.onnx.data``, then ``OUT.onnx.data2``, ... for a source with several data files."""
+    return f"{output.name}.data" + (str(index + 1) if index else "")
+
+
 def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str | Path | None = None,
-                  force: bool = False, progress: Callable[[str], None] | None = None) -> CompileReport:
-    """Compile ``model_path`` with ``plan`` (a plan file or a Plan) into ``output``."""
+                  force: bool = False, progress: Callable[[str], None] | None = None,
+                  extra_outputs: Callable[[Path], list[Path]] | None = None) -> CompileReport:
+    """Compile ``model_path`` with ``plan`` (a plan file or a Plan) into ``output``.
+
+    ``extra_outputs(output)`` names further files the caller will write for this output
+    (the --report files): they are claimed, so refused, before any work is done.
+    """
     from onnx_graphsurgeon import export_onnx, import_onnx
 
     from .passes.locate import format_table, locate_layers, node_scopes
     from .passes.skip_visual import row_inputs_for, skip_visual_rows
 
     start = time.perf_counter()
-    model_path = Path(model_path)
+    model_path = input_file(model_path, "ONNX model", MAX_GRAPH_BYTES)
     output = Path(output) if output else default_output(model_path)
-    _check_output(model_path, output, force)
-    model = load_graph(model_path)
-    if compiled_plan(model) is not None:
-        raise VskipError(f"{model_path}: already compiled by vskip; compile the original graph instead")
-    if isinstance(plan, Plan):
-        plan_obj, info = plan, PlanInfo("<plan>", "vskip-plan", None, plan.num_layers)
-    else:
-        plan_obj, info = load_plan(plan)
+    outputs = Outputs([model_path] + ([] if isinstance(plan, Plan) else [plan]), force=force)
+    with outputs:
+        model = load_graph(model_path)
+        data_files = external_data(model, model_path)
+        for item in data_files.values():
+            outputs.add_input(item.path)
+        sidecar = read_sidecar(model_path)
+        if sidecar is not None:
+            outputs.add_input(sidecar_path(model_path))
+        outputs.claim(output, "compiled graph")
+        shared = _shares_weights(model_path, output)
+        copies = {} if shared else {location: output.with_name(weights_name(output, i))
+                                    for i, location in enumerate(data_files)}
+        for target in copies.values():
+            outputs.claim(target, "compiled graph's weights")
+        for extra in (extra_outputs(output) if extra_outputs else []):
+            outputs.claim(extra, "report")
+        if compiled_plan(model, model_path) is not None:
+            raise VskipError(f"{model_path}: already compiled by vskip; compile the original graph instead")
+        check_opset(model, model_path)
+        if isinstance(plan, Plan):
+            plan_obj, info = plan, PlanInfo("<plan>", "vskip-plan", None, plan.num_layers)
+        else:
+            plan_obj, info = load_plan(plan)
+        family = sidecar.get("family") if sidecar else None
+        if sidecar and "num_layers" in sidecar:  # before the graph is walked: a plan for another model costs nothing
+            info.check_model(family or info.family or "decoder", sidecar["num_layers"])
 
-    graph = import_onnx(with_shapes(model))
-    structure = locate_layers(graph, scopes=node_scopes(model))
-    family = _sidecar_family(model_path)
-    info.check_model(family or info.family or "decoder", len(structure.layers))
-    if progress:
-        progress(f"found {len(structure.layers)} decoder layers "
-                 f"({structure.layers[0].attention.kind if structure.layers else '-'} attention)")
-    nodes_before = len(graph.nodes)
-    table = format_table(structure)
-    if plan_obj.is_empty:
-        # The source graph itself, node for node and in its own order, plus the row input:
-        # identical numbers and the same execution plan, so it cannot be slower.
-        compiled, row_inputs, added, notes = model, row_inputs_for(plan_obj), {}, {}
-        compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
-                                                                       [f"{name}_count"]) for name in row_inputs)
-    else:
-        result = skip_visual_rows(structure, plan_obj)
-        compiled, row_inputs = export_onnx(graph), result.row_inputs
-        added = {c.index: c.nodes_added for c in result.layers}
-        notes = {c.index: c.note for c in result.layers if c.note}
-        _copy_model_fields(model, compiled)
-    _set_metadata(compiled, PLAN_METADATA, json.loads(to_json(plan_obj, family=family or info.family)))
-    _set_metadata(compiled, ROWS_METADATA, row_inputs)
-    data_files = _write_atomic(compiled, model_path, output, force, progress)
+        graph = import_onnx(with_shapes(model))
+        structure = locate_layers(graph, scopes=node_scopes(model))
+        info.check_model(family or info.family or "decoder", len(structure.layers))
+        if progress:
+            progress(f"found {len(structure.layers)} decoder layers "
+                     f"({structure.layers[0].attention.kind if structure.layers else '-'} attention)")
+        nodes_before = len(graph.nodes)
+        table = format_table(structure)
+        if plan_obj.is_empty:
+            # The source graph itself, node for node and in its own order, plus the row input:
+            # identical numbers and the same execution plan, so it cannot be slower.
+            compiled, row_inputs, added, notes = model, row_inputs_for(plan_obj), {}, {}
+            compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
+                                                                           [f"{name}_count"]) for name in row_inputs)
+        else:
+            result = skip_visual_rows(structure, plan_obj)
+            compiled, row_inputs = export_onnx(graph), result.row_inputs
+            added = {c.index: c.nodes_added for c in result.layers}
+            notes = {c.index: c.note for c in result.layers if c.note}
+            _copy_model_fields(model, compiled)
+        _set_metadata(compiled, PLAN_METADATA, json.loads(to_json(plan_obj, family=family or info.family)))
+        _set_metadata(compiled, ROWS_METADATA, row_inputs)
+        _relocate_weights(compiled, copies)
+        for location, target in copies.items():
+            outputs.copy(data_files[location].path, target, progress)
+        outputs.write_bytes(output, compiled.SerializeToString())
+        outputs.commit()
     return CompileReport(
         source=str(model_path), output=str(output), layers_found=len(structure.layers),
         actions=list(plan_obj.actions), row_inputs=row_inputs, nodes_before=nodes_before,
         nodes_after=len(compiled.graph.node), nodes_added_per_layer=added, notes=notes,
-        seconds=time.perf_counter() - start, external_data=data_files, table=table,
+        seconds=time.perf_counter() - start, external_data=[str(p) for p in copies.values()], table=table,
+        plan=plan_obj,
     )
 
 
-def _sidecar_family(model_path: Path) -> str | None:
-    sidecar = model_path.parent / "vskip.json"
-    if not sidecar.is_file():
-        return None
-    try:
-        return json.loads(sidecar.read_text()).get("family")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise VskipError(f"{sidecar}: not valid JSON") from None
+def _shares_weights(model_path: Path, output: Path) -> bool:
+    """Written beside its source, a compiled graph reads the source's own weight files."""
+    directory = output.parent if str(output.parent) else Path(".")
+    return os.path.realpath(directory) == os.path.realpath(model_path.parent)
 
 
-def _check_output(model_path: Path, output: Path, force: bool) -> None:
-    if output.resolve() == model_path.resolve():
-        raise VskipError(f"{output}: the output would overwrite the input graph; choose another -o")
-    if output.exists() and not force:
-        raise VskipError(f"{output}: exists; pass --force to overwrite it")
-    output_directory(output)
+def _relocate_weights(model: onnx.ModelProto, copies: dict[str, Path]) -> None:
+    """Point every external tensor at the copy its output owns (offsets are unchanged: byte copies)."""
+    if not copies:
+        return
+    for tensor in external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value in copies:
+                entry.value = copies[entry.value].name
 
 
 def _copy_model_fields(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
@@ -212,30 +275,3 @@ def _copy_model_fields(source: onnx.ModelProto, target: onnx.ModelProto) -> None
 def _set_metadata(model: onnx.ModelProto, key: str, value) -> None:
     entry = model.metadata_props.add()
     entry.key, entry.value = key, json.dumps(value, sort_keys=True)
-
-
-def _write_atomic(model: onnx.ModelProto, source: Path, output: Path, force: bool,
-                  progress: Callable[[str], None] | None) -> list[str]:
-    """Write ``output`` through a temp file + rename; make its external data resolvable.
-
-    Beside the source (the default output) the compiled graph shares the source's weight
-    file. In another directory the weights must be a regular file of their own there:
-    onnx refuses hard-linked external data and ONNX Runtime refuses paths leaving the
-    model's directory, so they are copied, once, and the copy is reported.
-    """
-    directory = output.parent if str(output.parent) else Path(".")
-    copied = []
-    for name in external_files(model):
-        src, dst = source.parent / name, directory / name
-        if dst.exists() and os.path.samefile(src, dst):
-            continue
-        if dst.exists() and not force:
-            raise VskipError(f"{dst}: exists and is not the source's external data; pass --force to replace it")
-        if progress:
-            progress(f"copying {src.stat().st_size / 2**20:.0f} MiB of weights to {dst} "
-                     "(write the output beside the source to share them instead)")
-        copy_file_atomic(src, dst)
-        copied.append(str(dst))
-    write_bytes_atomic(output, model.SerializeToString())
-    return copied
-

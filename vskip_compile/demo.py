@@ -32,10 +32,12 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
 
     with tempfile.TemporaryDirectory(prefix="vskip-demo-") as scratch:
         out_dir = Path(workdir or scratch) / "tiny-qwen2-vl"
+        if workdir is not None and not Path(workdir).exists():
+            Path(workdir).mkdir(parents=True)  # the one directory the demo creates for the user
         say(f"[1/5] export {DEMO_SOURCE} -> {out_dir}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(DEMO_SOURCE, out_dir, force=True, progress=lambda m: say(f"      {m}"))
+            export_model(DEMO_SOURCE, out_dir, force=_earlier_demo(out_dir), progress=lambda m: say(f"      {m}"))
         loaded = load_model(DEMO_SOURCE)
         family = loaded.family
 
@@ -81,7 +83,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
 
         say(f"[4/5] compile with {EXAMPLE_PLAN.name} and validate against the PyTorch skip reference")
         compiled = out_dir / "prefill.vskip.onnx"
-        report = compile_model(out_dir / "prefill.onnx", EXAMPLE_PLAN, compiled, force=True)
+        report = compile_model(out_dir / "prefill.onnx", EXAMPLE_PLAN, compiled, force=_earlier_demo(out_dir))
         say("      " + report.table.replace("\n", "\n      "))
         for index, action in enumerate(report.actions):
             say(f"      layer {index}: {action.value}")
@@ -104,3 +106,15 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
         return {"logits_err": logits_err, "cache_err": cache_err, "tokens_match": ort_tokens == ref_tokens,
                 "compiled_max_err": check.smallest_passing_atol, "speedup": plan_timing["speedup"],
                 "ideal_speedup": plan_timing["ideal_speedup"], "ok": ok}
+
+
+def _earlier_demo(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds an earlier demo's export, which a rerun may replace; any
+    other files there are refused by the export like every existing output without --force."""
+    from .sidecar import read_sidecar
+
+    try:
+        sidecar = read_sidecar(out_dir / "prefill.onnx")
+    except Exception:  # noqa: BLE001 - an unreadable sidecar is not a demo's: nothing is replaced
+        return False
+    return bool(sidecar) and sidecar.get("source") == DEMO_SOURCE

@@ -61,7 +61,6 @@ REFUSED = {"Einsum", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul", 
 # A weight larger than this is never copied for shape inference (its dims are enough).
 _SMALL_INITIALIZER = 4096
 _ABSENT = "vskip-flops-weights-not-read"
-_INDEX_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 # vskip's exporter names Qwen3-VL's DeepStack visual axis so (models/export.py).
 _VISUAL_DIM = "visual_rows"
 PRODUCT_ROLES = ("qk", "pv")
@@ -267,9 +266,12 @@ def recorded_plan(model: onnx.ModelProto | str | Path):
     from .compile import compiled_plan
     from .plan import load_plan
 
+    source = "graph"
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    recorded = compiled_plan(model)
+        from .compile import load_graph
+
+        source, model = model, load_graph(model, weights_needed=False)
+    recorded = compiled_plan(model, source)
     if recorded is None:
         return None
     try:
@@ -286,8 +288,20 @@ def _check_same_layout(a: FlopsReport, b: FlopsReport) -> None:
                                      if getattr(a, k) != getattr(b, k)))
 
 
-def save_plot(vanilla: FlopsReport, compiled: FlopsReport, path: str | Path) -> Path:
+def save_plot(vanilla: FlopsReport, compiled: FlopsReport, path: str | Path, force: bool = False) -> Path:
+    """Write :func:`plot_png` to ``path`` through the guarded outputs (never over an input)."""
+    from .files import Outputs
+
+    with Outputs([p for p in (vanilla.source, compiled.source) if p], force=force) as outputs:
+        outputs.write_bytes(path, plot_png(vanilla, compiled))
+        outputs.commit()
+    return Path(path)
+
+
+def plot_png(vanilla: FlopsReport, compiled: FlopsReport) -> bytes:
     """PNG: per layer, a vanilla and a compiled bar, each stacked by operator class."""
+    import io
+
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -320,9 +334,9 @@ def save_plot(vanilla: FlopsReport, compiled: FlopsReport, path: str | Path) -> 
                  f"{total_unit} (-{saved:.1%})", fontsize=9)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- counting
@@ -348,11 +362,11 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
         raise FlopsError(f"suffix_rows must be in [0, {S - V}] (the text rows): got {U}")
     source = None
     if not isinstance(model, onnx.ModelProto):
+        from .compile import load_graph
+
         source = str(model)
-        if not Path(source).is_file():
-            raise FlopsError(f"{source}: no such file")
-        model = onnx.load(source, load_external_data=False)
-    stripped = _shapes_only(model, Path(source).parent if source else None)
+        model = load_graph(source, weights_needed=False)
+    stripped = _shapes_only(model)
     _fix_input_dims(stripped, B, S, V, U, dims or {})
     graph = gs.import_onnx(stripped)
     graph.toposort()
@@ -407,11 +421,11 @@ def _recorded_plan(model: onnx.ModelProto) -> list[str] | None:
 
 # ---- the graph copy that shape inference works on
 
-def _shapes_only(model: onnx.ModelProto, base_dir: Path | None) -> onnx.ModelProto:
+def _shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose large weights are dims only (never read, never copied).
 
-    Small external integer tensors (shape constants, should an exporter put them there)
-    are read from ``base_dir`` when it has them: shape inference needs their values.
+    Small external tensors (shape constants, should an exporter put them there) were read
+    into the graph by :func:`vskip_compile.compile.load_graph`: shape inference needs them.
     """
     copy = onnx.ModelProto()
     for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
@@ -428,9 +442,7 @@ def _shapes_only(model: onnx.ModelProto, base_dir: Path | None) -> onnx.ModelPro
     for tensor in src.initializer:
         small = int(np.prod(tensor.dims)) <= _SMALL_INITIALIZER
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            g.initializer.append(tensor)
-            if small and tensor.data_type in _INDEX_TYPES and base_dir is not None:
-                _read_external(g.initializer[-1], base_dir)
+            g.initializer.append(tensor)  # small constants were read in by load_graph
             continue
         if small:
             g.initializer.append(tensor)
@@ -443,17 +455,6 @@ def _shapes_only(model: onnx.ModelProto, base_dir: Path | None) -> onnx.ModelPro
         entry = absent.external_data.add()
         entry.key, entry.value = "location", _ABSENT
     return copy
-
-
-def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_tensor
-
-    try:
-        load_external_data_for_tensor(tensor, str(base_dir))
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        del tensor.external_data[:]
-    except Exception:  # noqa: BLE001 - missing or short file (onnx raises its ValidationError)
-        pass  # missing or short file: the value stays unknown, and a shape that needs it is reported
 
 
 def _fix_input_dims(model: onnx.ModelProto, B: int, S: int, V: int, U: int, dims: dict[str, int]) -> None:

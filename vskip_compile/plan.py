@@ -149,7 +149,11 @@ _OPSKIP_METADATA = {"checkpoint": "string", "preset": "integer", "budget": "inte
                     "source": "string", "use_triton": "boolean",
                     "mlp_chunk_size": "integer", "rmsnorm_backend": "string"}
 
-_LAYER_KEY = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+# No decoder has more layers; a bound read before any per-layer list is built.
+MAX_LAYERS = 4096
+MAX_PLAN_BYTES = 2**20
+
+_LAYER_KEY = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
 class PlanError(VskipError):
@@ -280,28 +284,14 @@ def _load_opskip(data: Mapping, source: str) -> tuple[Plan, PlanInfo]:
 
 
 def _read_json(source: str):
-    def no_duplicate_keys(pairs):
-        # json would silently keep the last of two equal keys (e.g. two "freeze" lists).
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise PlanError(f"{source}: key {key!r} appears twice in one JSON object; "
-                                "list it once")
-            seen.add(key)
-        return dict(pairs)
+    from .files import read_json
 
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise PlanError(f"{source}: cannot read plan file: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise PlanError(f"{source}: plan file is not UTF-8 text") from None
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicate_keys)
-    except json.JSONDecodeError as e:
-        raise PlanError(f"{source}: malformed JSON at line {e.lineno} column {e.colno}: "
-                        f"{e.msg}") from None
+        return read_json(source, "plan file", MAX_PLAN_BYTES)
+    except PlanError:
+        raise
+    except VskipError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def _check_fields(data: Mapping, allowed: tuple[str, ...], what: str, source: str) -> None:
@@ -341,8 +331,8 @@ def _field(data: Mapping, key: str, kind: str, source: str, *, required: bool = 
 
 def _num_layers(data: Mapping, where: str, source: str) -> int:
     value = _field(data, "num_layers", "integer", source, where=where)
-    if value <= 0:
-        raise PlanError(f"{source}: {where} must be a positive integer, got {value}")
+    if not 0 < value <= MAX_LAYERS:
+        raise PlanError(f"{source}: {where} must be an integer in 1-{MAX_LAYERS}, got {value}")
     return value
 
 

@@ -9,12 +9,22 @@ import numpy as np
 from .errors import VskipError
 
 
-def make_session(path: str | Path, threads: int | None = None, optimize: bool = True):
+def make_session(path: str | Path, threads: int | None = None, optimize: bool = True, outputs=None):
+    """An ORT CPU session on ``path``, after the graph and its external-data references
+    passed vskip's checks (ORT would otherwise be the first to read them). ``outputs``
+    (a :class:`vskip_compile.files.Outputs`) learns the files read, as inputs."""
     import onnxruntime as ort
 
+    from .compile import load_graph
+    from .files import check_threads, external_data
+
     path = Path(path)
-    if not path.is_file():
-        raise VskipError(f"{path}: no such file")
+    model = load_graph(path)
+    if outputs is not None:
+        outputs.add_input(path)
+        for item in external_data(model, path).values():
+            outputs.add_input(item.path)
+    threads = check_threads(threads)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -37,6 +47,11 @@ def run_session(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise VskipError(f"missing graph inputs: {', '.join(missing)}")
     if extra:
         raise VskipError(f"inputs not in the graph: {', '.join(extra)} (graph takes {', '.join(expected)})")
+    from .visual_rows import ROW_INPUTS, check_row_feeds, sequence_length
+
+    rows = {n: feeds[n] for n in expected if n in ROW_INPUTS}
+    if rows:
+        check_row_feeds(rows, sequence_length(feeds))
     names = [o.name for o in session.get_outputs()]
     try:
         values = session.run(names, {n: np.asarray(feeds[n]) for n in expected})
@@ -44,7 +59,3 @@ def run_session(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = str(exc).strip().splitlines()[0]
         raise VskipError(f"ONNX Runtime failed to run the graph: {first}") from None
     return dict(zip(names, values))
-
-
-def run_graph(path: str | Path, feeds: dict[str, np.ndarray], threads: int | None = None) -> dict[str, np.ndarray]:
-    return run_session(make_session(path, threads), feeds)

@@ -9,7 +9,10 @@ become typed graph inputs; only the inferred shapes come back to the real model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import tempfile
 
 import onnx
 
@@ -37,11 +40,29 @@ def ort_symbolic_shapes(model: onnx.ModelProto, auto_merge: bool = True) -> list
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred = SymbolicShapeInference.infer_shapes(weights_as_inputs(model), auto_merge=auto_merge,
-                                                       guess_output_rank=False)
+        with _scratch_cwd():
+            inferred = SymbolicShapeInference.infer_shapes(weights_as_inputs(model), auto_merge=auto_merge,
+                                                           guess_output_rank=False)
     except Exception:  # unsupported ops and the like: callers fall back or report unknown shapes
         return None
     return None if inferred is None else list(inferred.graph.value_info)
+
+
+@contextlib.contextmanager
+def _scratch_cwd():
+    """Run inside a private empty directory, removed afterwards.
+
+    When its inference stays incomplete, ONNX Runtime's SymbolicShapeInference saves
+    ``sym_shape_infer_temp.onnx`` (plus a data file) into the current directory: a write
+    vskip never asked for, over whatever the user keeps under that name.
+    """
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=".vskip-shapes-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def onnx_shapes(model: onnx.ModelProto) -> list[onnx.ValueInfoProto] | None:

@@ -96,7 +96,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
              atol: float = DEFAULT_ATOL, seed: int = 0) -> ValidationReport:
     import torch
 
-    from .models.export import read_sidecar
+    from .sidecar import read_sidecar
     from .models.inputs import prepare_decoder_inputs, synthetic_prompt
     from .models.loading import load_model
     from .models.reference import skip_reference
@@ -105,16 +105,20 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     from .runner import make_session, run_session
 
     graph = Path(graph)
+    if not (atol >= 0 and np.isfinite(atol)):
+        raise VskipError(f"--atol must be a finite tolerance >= 0, got {atol}")
     proto = load_graph(graph)
     sidecar = read_sidecar(graph)
     if model is None:
         if sidecar is None:
             raise VskipError(f"{graph}: no vskip.json export sidecar beside it; name the model with --model")
+        if not sidecar.get("source"):
+            raise VskipError(f"{graph.parent / 'vskip.json'}: the sidecar names no 'source' model; name it with --model")
         model, seed = sidecar["source"], sidecar.get("seed") or 0
     loaded = load_model(model, seed=seed)
     family = loaded.family
     num_layers = len(family.decoder_layers(loaded.model))
-    plan_obj = _resolve_plan(plan, proto, family.model_type, num_layers)
+    plan_obj = _resolve_plan(plan, proto, family.model_type, num_layers, graph)
 
     session = make_session(graph)
     graph_inputs = [i.name for i in session.get_inputs()]
@@ -149,12 +153,12 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
         atol=atol, outputs=compare_outputs(got, want, atol))
 
 
-def _resolve_plan(plan, proto, family: str, num_layers: int) -> Plan:
+def _resolve_plan(plan, proto, family: str, num_layers: int, graph: Path) -> Plan:
     if plan is not None:
         plan_obj, info = load_plan(plan)
         info.check_model(family, num_layers)
         return plan_obj
-    recorded = compiled_plan(proto)
+    recorded = compiled_plan(proto, graph)
     if recorded is not None:
         plan_obj, info = load_plan(recorded)
         info.check_model(family, num_layers)

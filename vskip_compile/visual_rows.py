@@ -23,7 +23,7 @@ TEXT_ROWS = "vskip_text_rows"
 SUFFIX_ROWS = "vskip_suffix_rows"
 ROW_INPUTS = (TEXT_ROWS, SUFFIX_ROWS)
 
-_RANGE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*(\d{1,12})\s*:\s*(\d{1,12})\s*$")  # bounded: no 5000-digit ints
 
 
 def parse_ranges(text: str, sequence_length: int) -> np.ndarray:
@@ -34,7 +34,8 @@ def parse_ranges(text: str, sequence_length: int) -> np.ndarray:
     for part in text.split(","):
         match = _RANGE.match(part)
         if not match:
-            raise VskipError(f"--visual-rows: '{part.strip()}' is not a range START:END (e.g. 5:21)")
+            shown = part.strip() if len(part.strip()) <= 40 else part.strip()[:37] + "..."
+            raise VskipError(f"--visual-rows: {shown!r} is not a range START:END of row numbers (e.g. 5:21)")
         start, end = int(match.group(1)), int(match.group(2))
         if start >= end:
             raise VskipError(f"--visual-rows: range {start}:{end} is empty (END must be greater than START)")
@@ -87,3 +88,37 @@ def row_feeds(visual: np.ndarray, names: list[str] | tuple[str, ...]) -> dict[st
         else:
             raise ValueError(f"unknown row input {name}")
     return feeds
+
+
+def sequence_length(feeds: dict) -> int:
+    """The prompt length of a decoder's feeds."""
+    for name, axis in (("inputs_embeds", 1), ("attention_mask", 1), ("input_ids", 1)):
+        if name in feeds and np.ndim(feeds[name]) > axis:
+            return int(np.shape(feeds[name])[axis])
+    raise VskipError("cannot tell the sequence length: the feeds have no inputs_embeds or attention_mask")
+
+
+def check_row_feeds(rows: dict[str, np.ndarray], length: int) -> None:
+    """Row inputs fed to a compiled graph directly must be what :func:`row_feeds` would give:
+    1-D integer rows, ascending, unique, inside the sequence, at least one of them.
+
+    A graph cannot check this itself: Gather wraps -1 to the last row, and ScatterND with
+    a duplicated row writes one of two values.
+    """
+    for name, value in rows.items():
+        value = np.asarray(value)
+        if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise VskipError(f"{name}: must be a 1-D integer array of row numbers, got {value.dtype} "
+                             f"with shape {value.shape}")
+        if value.size == 0:
+            raise VskipError(f"{name}: is empty; at least one text row must be left to update")
+        if value.min() < 0 or value.max() >= length:
+            raise VskipError(f"{name}: rows must be in 0-{length - 1} for a sequence of {length}, "
+                             f"got {int(value.min())}..{int(value.max())}")
+        if value.size > 1 and not (np.diff(value) > 0).all():
+            raise VskipError(f"{name}: rows must be ascending and unique")
+    if SUFFIX_ROWS in rows and TEXT_ROWS in rows:
+        text, suffix = np.asarray(rows[TEXT_ROWS]), np.asarray(rows[SUFFIX_ROWS])
+        if not np.isin(suffix, text).all() or suffix[-1] != length - 1 or suffix.size != suffix[-1] - suffix[0] + 1:
+            raise VskipError(f"{SUFFIX_ROWS}: must be the text rows after the last visual row, a run that ends "
+                             "with the last row")

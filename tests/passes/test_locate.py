@@ -242,33 +242,76 @@ def _cnn() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
+def _block(x: str, y: str, prefix: str = "", seed: int = 0) -> tuple[list, list]:
+    """Nodes and initializers of one pre-norm transformer block (single head, width 8) from
+    ``x`` to ``y``; its own tensors' names start with ``prefix``."""
+    d = 8
+    p = lambda name: prefix + name  # noqa: E731
+    nodes = [
+        helper.make_node("LayerNormalization", [x, p("g1"), p("b1")], [p("n1")], axis=-1),
+        helper.make_node("MatMul", [p("n1"), p("wq")], [p("q")]),
+        helper.make_node("MatMul", [p("n1"), p("wk")], [p("k")]),
+        helper.make_node("MatMul", [p("n1"), p("wv")], [p("v")]),
+        helper.make_node("Transpose", [p("k")], [p("kt")], perm=[0, 2, 1]),
+        helper.make_node("MatMul", [p("q"), p("kt")], [p("scores")]),
+        helper.make_node("Mul", [p("scores"), p("scale")], [p("scaled")]),
+        helper.make_node("Softmax", [p("scaled")], [p("probs")], axis=-1),
+        helper.make_node("MatMul", [p("probs"), p("v")], [p("ctx")]),
+        helper.make_node("MatMul", [p("ctx"), p("wo")], [p("attn")]),
+        helper.make_node("Add", [x, p("attn")], [p("mid")]),
+        helper.make_node("LayerNormalization", [p("mid"), p("g2"), p("b2")], [p("n2")], axis=-1),
+        helper.make_node("MatMul", [p("n2"), p("w1")], [p("f1")]),
+        helper.make_node("Gelu", [p("f1")], [p("g")]),
+        helper.make_node("MatMul", [p("g"), p("w2")], [p("f2")]),
+        helper.make_node("Add", [p("mid"), p("f2")], [y]),
+    ]
+    inits = [_const(p(n), d, d, seed=seed + i) for i, n in enumerate(["wq", "wk", "wv", "wo"])]
+    inits += [_const(p("w1"), d, 2 * d, seed=seed + 5), _const(p("w2"), 2 * d, d, seed=seed + 6),
+              _const(p("scale"), 1, seed=seed + 7)]
+    inits += [_const(p(n), d, seed=seed + 8 + i) for i, n in enumerate(["g1", "b1", "g2", "b2"])]
+    return nodes, inits
+
+
 def _encoder_block() -> onnx.ModelProto:
     """One pre-norm transformer block (single head) without any KV output: a vision-encoder layer."""
-    d = 8
-    nodes = [
-        helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["n1"], axis=-1),
-        helper.make_node("MatMul", ["n1", "wq"], ["q"]),
-        helper.make_node("MatMul", ["n1", "wk"], ["k"]),
-        helper.make_node("MatMul", ["n1", "wv"], ["v"]),
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-        helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
-        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
-        helper.make_node("MatMul", ["probs", "v"], ["ctx"]),
-        helper.make_node("MatMul", ["ctx", "wo"], ["attn"]),
-        helper.make_node("Add", ["x", "attn"], ["mid"]),
-        helper.make_node("LayerNormalization", ["mid", "g2", "b2"], ["n2"], axis=-1),
-        helper.make_node("MatMul", ["n2", "w1"], ["f1"]),
-        helper.make_node("Gelu", ["f1"], ["g"]),
-        helper.make_node("MatMul", ["g", "w2"], ["f2"]),
-        helper.make_node("Add", ["mid", "f2"], ["y"]),
-    ]
-    inits = [_const(n, d, d, seed=i) for i, n in enumerate(["wq", "wk", "wv", "wo"])]
-    inits += [_const("w1", d, 2 * d, seed=5), _const("w2", 2 * d, d, seed=6), _const("scale", 1, seed=7)]
-    inits += [_const(n, d, seed=8 + i) for i, n in enumerate(["g1", "b1", "g2", "b2"])]
+    nodes, inits = _block("x", "y")
     graph = helper.make_graph(
-        nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", d])], inits)
+        nodes, "encoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _blocks_with_flat_write(restore: str) -> onnx.ModelProto:
+    """Two blocks with a DeepStack-like update between them, written the way transformers'
+    exporter writes ``h[mask] += e``: flatten h, Where(mask, update, flat), reshape back.
+
+    ``restore`` is how the last Reshape gets its target: "shape_of" (Shape(h)), "inferred"
+    (a constant, the output's inferred shape [1, n, 8] equal to h's), or the near miss
+    "other" (a constant giving [1, n, 2, 4]: a head split, not the stream).
+    """
+    first, first_inits = _block("x", "h", "l0_")
+    second, second_inits = _block("h2", "y", "l1_", seed=20)
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    targets = {"inferred": [1, -1, 8], "other": [1, -1, 2, 4]}
+    gap = [helper.make_node("Reshape", ["h", "flat"], ["h_flat"]),
+           helper.make_node("Where", ["mask_flat", "update_flat", "h_flat"], ["h_flat2"])]
+    inits = first_inits + second_inits + [flat]
+    if restore == "shape_of":
+        gap += [helper.make_node("Shape", ["h"], ["h_shape"]),
+                helper.make_node("Reshape", ["h_flat2", "h_shape"], ["h2"])]
+    else:
+        inits.append(helper.make_tensor("target", TensorProto.INT64, [len(targets[restore])], targets[restore]))
+        gap.append(helper.make_node("Reshape", ["h_flat2", "target"], ["h2"]))
+    shapes = [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "n", 8])]
+    if restore != "shape_of":
+        shapes.append(helper.make_tensor_value_info(
+            "h2", TensorProto.FLOAT, [1, "n", 8] if restore == "inferred" else [1, "n", 2, 4]))
+    graph = helper.make_graph(
+        first + gap + second, "two_blocks",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", 8]),
+         helper.make_tensor_value_info("mask_flat", TensorProto.BOOL, ["n8"]),
+         helper.make_tensor_value_info("update_flat", TensorProto.FLOAT, ["n8"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 8])], inits, value_info=shapes)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
@@ -309,6 +352,22 @@ def test_encoder_block_needs_cache_outputs():
     assert (layer.attn_add.outputs[0].name, layer.output.name) == ("mid", "y")  # names known: built above
     assert (layer.attention.query.name, layer.attention.value.name) == ("q", "v")
     assert layer.present_key is None and layer.attention.masks == []
+
+
+@pytest.mark.parametrize("restore", ["shape_of", "inferred"])
+def test_follows_the_stream_through_a_flat_masked_write(restore):
+    """The second block's input is the Reshape that undoes the flattening, not the flat tensor."""
+    structure = locate_model(_blocks_with_flat_write(restore), require_cache=False)
+    assert [layer.input.name for layer in structure.layers] == ["x", "h2"]
+    assert structure.layers[0].output.name == "h"
+
+
+def test_refuses_a_flat_write_that_does_not_restore_the_stream():
+    """The near miss: after the masked write the last Reshape splits heads ([1, n, 2, 4]), so
+    the tensor reaching the second block is not the stream and the walk says why it stopped."""
+    with pytest.raises(LocateError, match=r"^layer 1: the residual stream breaks after layer 0 \(at 'h'\).*"
+                                          r"takes the stream out of its shape 1xnx8 .*shape 1xnx2x4"):
+        locate_model(_blocks_with_flat_write("other"), require_cache=False)
 
 
 def _scoped_node(model: onnx.ModelProto, op: str, scope_suffix: str) -> onnx.NodeProto:
