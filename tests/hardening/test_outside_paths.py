@@ -88,3 +88,26 @@ def test_a_planted_symlink_is_replaced_never_written_through(workspace, planted)
     assert sorted(p.name for p in out.iterdir()) == sorted({"c.onnx", "c.onnx.data", name})
     if name == "c.onnx.data":
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 1000
+
+
+def test_onnx_runtime_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT's SymbolicShapeInference saves sym_shape_infer_temp.onnx into the current
+    directory when its inference stays incomplete (onnxruntime 1.32, symbolic_shape_infer.py).
+    vskip runs it in a private scratch directory; here it is made to fail that way."""
+    from onnx import TensorProto, helper
+    from onnxruntime.tools import symbolic_shape_infer
+
+    from vskip_compile.shapes import ort_symbolic_shapes
+
+    def incomplete(model, **kwargs):
+        onnx.save_model(model, "sym_shape_infer_temp.onnx")  # what ORT does before raising
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(symbolic_shape_infer.SymbolicShapeInference, "infer_shapes", staticmethod(incomplete))
+    monkeypatch.chdir(tmp_path)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert ort_symbolic_shapes(helper.make_model(graph)) is None
+    assert list(tmp_path.iterdir()) == []
+    assert os.getcwd() == str(tmp_path)
