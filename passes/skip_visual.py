@@ -42,11 +42,16 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
+from vskip_compile.errors import VskipError
 from vskip_compile.plan import Action, FreezeScope, Plan
 from vskip_compile.visual_rows import SUFFIX_ROWS, TEXT_ROWS
 
-from .locate import DecoderStructure, LayerMatch, LocateError
+from .locate import DecoderStructure, LayerMatch
 from .rows import Builder, RestrictError, Restricted, RowSubset, restrict_region
+
+
+class RewriteError(VskipError):
+    """A located layer that this pass cannot rewrite as the plan says (the message says why)."""
 
 
 @dataclass
@@ -74,7 +79,7 @@ def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> SkipResult:
     """Rewrite ``structure.graph`` in place per ``plan``; returns what changed per layer."""
     graph = structure.graph
     if plan.num_layers != len(structure.layers):
-        raise LocateError(f"the plan has {plan.num_layers} layers but the graph has {len(structure.layers)}")
+        raise RewriteError(f"the plan has {plan.num_layers} layers but the graph has {len(structure.layers)}")
     builder = Builder(graph, "vskip")
     names = row_inputs_for(plan)
     subsets = {name: RowSubset(graph, builder, name) for name in names}
@@ -123,7 +128,6 @@ class _Rewrite:
     def layer(self, layer: LayerMatch, action: Action, rows: RowSubset) -> str:
         """Rewrite one skipping layer; returns a note on how (empty when nothing to say)."""
         self.graph.toposort()
-        self.order = {id(n): i for i, n in enumerate(self.graph.nodes)}
         h = self.current(layer.input)
         residual = self.current(layer.attn_residual)
         mid = layer.attn_add.outputs[0]
@@ -152,7 +156,7 @@ class _Rewrite:
         query, branch = layer.attention.query, layer.attn_branch
         region = (_ancestors(query) & _descendants(h)) | (_descendants(query) & _ancestors(branch))
         if not region:
-            raise LocateError(f"layer {layer.index}: the attention query does not come from the layer input")
+            raise RewriteError(f"layer {layer.index}: the attention query does not come from the layer input")
         state = restrict_region(rows, self.b, self._ordered(region), [Restricted(h, rows.gather(h, 1), 1)],
                                 self.describe)
         return self._take(state, branch, layer, "attention branch")
@@ -206,7 +210,7 @@ class _Rewrite:
     def _take(self, state, tensor: gs.Tensor, layer: LayerMatch, what: str) -> gs.Tensor:
         restricted = state.restricted.get(id(tensor))
         if restricted is None or restricted.axis != 1:
-            raise LocateError(f"layer {layer.index}: the {what} does not follow the rows of the layer input")
+            raise RewriteError(f"layer {layer.index}: the {what} does not follow the rows of the layer input")
         return restricted.tensor
 
     def _ordered(self, region: set[int]) -> list[gs.Node]:

@@ -8,6 +8,7 @@ need them, so ``vskip --help`` and graph-only commands start fast.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -147,7 +148,7 @@ class Compile(Command):
         _progress(report.summary())
         if args.report:
             sys.stderr.flush()
-            _flops_report(args.model, report.output, args.visual_rows, args.text_rows)
+            _flops_report(args.model, report.output, args.visual_rows, args.text_rows, report.plan)
         return 0
 
 
@@ -170,14 +171,14 @@ def report_files(compiled_path) -> list[Path]:
     return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
 
 
-def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int) -> None:
+def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int, plan) -> None:
     from .files import Outputs
-    from .flops import count_flops, format_comparison, plot_png
+    from .flops import count_flops, format_comparison, plan_flops, plot_png
 
     rows = visual_rows + text_rows
     vanilla = count_flops(vanilla_path, sequence_length=rows, visual_rows=visual_rows)
     compiled = count_flops(compiled_path, sequence_length=rows, visual_rows=visual_rows)
-    required = _required_flops(vanilla, compiled_path)
+    required = plan_flops(vanilla, plan)  # the plan just compiled: no need to read it back from the file
     print(format_comparison(vanilla, compiled, required))
     data = {"workload": {"sequence_length": rows, "visual_rows": visual_rows, "text_rows": text_rows},
             **_speedups(vanilla, compiled, required),
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vskip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        doc = command.__doc__.strip()
+        doc = inspect.cleandoc(command.__doc__)  # dedented: every help line starts at the margin
         sp = sub.add_parser(command.name, help=doc.splitlines()[0], description=doc,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_arguments(sp)
