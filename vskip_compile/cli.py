@@ -84,6 +84,7 @@ class Run(Command):
         threads = check_threads(args.threads)
         outputs = Outputs([args.model, args.inputs], force=args.force)
         with outputs:
+            outputs.claim(args.output, "outputs file")  # first: a refused output costs nothing
             feeds = read_npz(args.inputs)
             session = make_session(args.model, threads, outputs=outputs)
             wanted = [i.name for i in session.get_inputs() if i.name in ROW_INPUTS]
@@ -97,7 +98,6 @@ class Run(Command):
                 feeds.update(row_feeds(parse_ranges(args.visual_rows, sequence_length(feeds)), wanted))
             elif wanted and not all(name in feeds for name in wanted):
                 raise VskipError(f"{args.model} is compiled: pass --visual-rows (or {', '.join(wanted)} in the feeds)")
-            outputs.claim(args.output, "outputs file")
             result = run_session(session, feeds)
             outputs.write_npz(args.output, result)
             outputs.commit()

@@ -377,15 +377,16 @@ class Outputs:
     def __init__(self, inputs: Iterable[str | os.PathLike] = (), force: bool = False):
         self.force = force
         self._inputs: list[tuple[Path, tuple[int, int] | None]] = []
-        for path in inputs:
-            self.add_input(path)
         self._claimed: dict[Path, Path] = {}      # final path -> temp (written) path
         self._order: list[Path] = []
         self._staging: list[Path] = []            # temp directories (export)
         self._done = False
+        for path in inputs:
+            self.add_input(path)
 
     # -- claims
     def add_input(self, path: str | os.PathLike) -> None:
+        """``path`` is read by the command: no output, claimed already or later, may be it."""
         path = Path(path)
         try:
             info = path.stat()
@@ -393,14 +394,10 @@ class Outputs:
         except OSError:
             identity = None
         self._inputs.append((Path(os.path.realpath(path)), identity))
+        for claimed in self._order:
+            self._refuse_input(claimed, "output")
 
-    def claim(self, path: str | os.PathLike, what: str = "output") -> Path:
-        """Check that ``path`` may be written; returns it. Nothing is written yet."""
-        path = Path(path)
-        name = path.name
-        if not name or name in (".", ".."):
-            raise VskipError(f"{path}: not a file name for the {what}")
-        directory = path.parent if str(path.parent) else Path(".")
+    def _refuse_input(self, path: Path, what: str) -> None:
         real = Path(os.path.realpath(path))
         for source, identity in self._inputs:
             same = real == source
@@ -411,6 +408,16 @@ class Outputs:
             if same:
                 raise VskipError(f"{path}: the {what} would overwrite the command's own input {source}; "
                                  "choose another output")
+
+    def claim(self, path: str | os.PathLike, what: str = "output") -> Path:
+        """Check that ``path`` may be written; returns it. Nothing is written yet."""
+        path = Path(path)
+        name = path.name
+        if not name or name in (".", ".."):
+            raise VskipError(f"{path}: not a file name for the {what}")
+        directory = path.parent if str(path.parent) else Path(".")
+        real = Path(os.path.realpath(path))
+        self._refuse_input(path, what)
         if path in self._claimed or real in {Path(os.path.realpath(p)) for p in self._claimed}:
             raise VskipError(f"{path}: named twice as an output of one command")
         if os.path.lexists(path):
