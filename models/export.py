@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from vskip_compile.errors import VskipError
-from vskip_compile.files import Outputs, check_directory
+from vskip_compile.files import Outputs, check_directory, output_directory
 from vskip_compile.sidecar import SIDECAR, SIDECAR_FORMAT, SIDECAR_VERSION
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
@@ -110,7 +110,7 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
         raise VskipError(f"--opset {opset} is not supported: choose 20 (decomposed attention) or 23 (Attention op)")
     out_dir = Path(out_dir)
     outputs = Outputs(_checkpoint_files(source), force=force)
-    names = _check_export_directory(out_dir, outputs, decode, force)
+    names = _check_export_directory(out_dir, outputs, decode)
 
     with timed(progress, f"load {source}"):
         loaded = load_model(source, seed=seed)
@@ -158,20 +158,14 @@ def export_files(decode: bool) -> list[str]:
     return [*graphs, *(f"{g}.data" for g in graphs), SIDECAR]
 
 
-def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool, force: bool) -> set[str]:
+def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool) -> set[str]:
     """Refuse, before the slow load, an OUT_DIR the export could not or must not write."""
-    if out_dir.is_symlink():
-        target = "a dangling symbolic link" if not out_dir.exists() else "a symbolic link"
-        raise VskipError(f"{out_dir}: is {target}; name a real directory for the export")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VskipError(f"{out_dir}: exists and is not a directory")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.is_dir():
-        raise VskipError(f"{parent}: no such directory")
-    check_directory(parent)
+    if out_dir.is_symlink() and out_dir.exists():
+        raise VskipError(f"{out_dir}: is a symbolic link; name a real directory for the export")
+    exists = output_directory(out_dir, "the export")
+    check_directory(out_dir.parent if str(out_dir.parent) else Path("."))  # the staging directory goes there
     names = export_files(decode)
-    if out_dir.is_dir():
-        check_directory(out_dir)
+    if exists:
         for name in names:  # each file is claimed: never an input, never replaced without --force
             if os.path.lexists(out_dir / name):
                 outputs.claim(out_dir / name, "export file")

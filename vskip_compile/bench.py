@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,9 +50,10 @@ import numpy as np
 
 from . import __version__
 from .errors import VskipError
-from .files import (Outputs, check_directory, external_data, input_file, register_temp, release_temp,
+from .files import (Outputs, check_directory, input_file, output_directory, register_temp, release_temp,
                     usable_cores)
 from .plan import Action, FreezeScope, Plan, load_plan
+from .sidecar import DIM_FIELDS  # the fields the FLOPs formula needs (vskip export writes them all)
 from .visual_rows import ROW_INPUTS, row_feeds
 
 FORMAT = "vskip-bench"
@@ -64,9 +64,6 @@ DEFAULT_WARMUP = 3
 DEFAULT_ROUNDS = 10
 VANILLA = "vanilla"
 
-# Sidecar fields the FLOPs formula needs (vskip export writes them all).
-DIM_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-              "intermediate_size")
 IDEAL_GIVEN = "given by the caller"
 IDEAL_FLOPS_MODULE = "vskip_compile.flops (matrix products counted on the vanilla graph, those the plan skips removed)"
 IDEAL_ANALYTIC = "analytic formula (DESIGN.md section 6) from the sidecar dims"
@@ -637,19 +634,11 @@ def run_bench(model: str | Path, plans: list[str | Path | Plan], *, visual_rows:
 
 
 def _make_workdir(directory: Path) -> None:
-    if directory.is_symlink() and not directory.exists():
-        raise VskipError(f"{directory}: a dangling symbolic link; name a directory for --workdir")
-    if directory.exists() and not directory.is_dir():
-        raise VskipError(f"{directory}: exists and is not a directory; name a directory for --workdir")
-    if not directory.exists():
-        parent = directory.parent if str(directory.parent) else Path(".")
-        if not parent.is_dir():
-            raise VskipError(f"{parent}: no such directory (for --workdir {directory})")
+    if not output_directory(directory, "--workdir"):
         try:
             directory.mkdir()
         except OSError as exc:
             raise VskipError(f"{directory}: cannot create it: {exc.strerror or exc}") from None
-    check_directory(directory)
 
 
 def _stage_source(model: Path, directory: Path, force: bool, progress) -> Path:
@@ -660,21 +649,16 @@ def _stage_source(model: Path, directory: Path, force: bool, progress) -> Path:
     owning a copy each. The staged graph ``MODEL.bench-source.onnx`` and its weights
     ``MODEL.bench-source.onnx.data`` stay in the workdir with the compiled graphs.
     """
-    from .compile import _relocate_weights, load_graph, weights_name
+    from .compile import claim_weight_copies, read_graph, write_graph
 
-    graph = load_graph(model)
-    files = external_data(graph, model)
-    if not files or os.path.realpath(directory) == os.path.realpath(model.parent):
-        return model
+    graph, files = read_graph(model)
     staged = directory / f"{model.stem}.bench-source.onnx"
-    with Outputs([model, *(f.path for f in files.values())], force=force) as staging:
+    with Outputs([model, *files.values()], force=force) as staging:
+        copies = claim_weight_copies(staging, model, staged, files)
+        if not copies:  # no external weights, or the workdir is the source's own directory
+            return model
         staging.claim(staged, "staged source graph")
-        copies = {location: staged.with_name(weights_name(staged, i)) for i, location in enumerate(files)}
-        for location, target in copies.items():
-            staging.claim(target, "staged weights")
-            staging.copy(files[location].path, target, progress)
-        _relocate_weights(graph, copies)
-        staging.write_bytes(staged, graph.SerializeToString())
+        write_graph(staging, graph, staged, files, copies, progress)
         staging.commit()
     return staged
 

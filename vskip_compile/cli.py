@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import VskipError
-from .files import Terminated, _one_line, escape, is_disk_full, signals_raise
+from .files import Terminated, one_line, escape, is_disk_full, signals_raise
 from .plan import Action
 
 
@@ -148,7 +148,7 @@ class Compile(Command):
         _progress(report.summary())
         if args.report:
             sys.stderr.flush()
-            _flops_report(args.model, report.output, args.visual_rows, args.text_rows, report.plan)
+            _flops_report(args.model, report.output, args.visual_rows, args.text_rows, report.plan, args.force)
         return 0
 
 
@@ -171,7 +171,7 @@ def report_files(compiled_path) -> list[Path]:
     return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
 
 
-def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int, plan) -> None:
+def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int, plan, force: bool) -> None:
     from .files import Outputs
     from .flops import count_flops, format_comparison, plan_flops, plot_png
 
@@ -185,8 +185,7 @@ def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int,
             "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json()),
             "required": json.loads(required.to_json()) if required else None}
     json_path, png_path = report_files(compiled_path)
-    # The compiled graph was just written by this command: --force may replace its own report files.
-    with Outputs([vanilla_path, compiled_path], force=True) as outputs:
+    with Outputs([vanilla_path, compiled_path], force=force) as outputs:
         outputs.write_text(json_path, json.dumps(data, indent=2) + "\n")
         outputs.write_bytes(png_path, plot_png(vanilla, compiled))
         outputs.commit()
@@ -428,10 +427,10 @@ def main(argv: list[str] | None = None, prog: str = "vskip") -> int:
             if debug:
                 raise
             if is_disk_full(exc):
-                print(f"{name}: error: no space left on the device ({_one_line(exc)}); nothing was written",
+                print(f"{name}: error: no space left on the device ({one_line(exc)}); nothing was written",
                       file=sys.stderr)
                 return 2
-            print(f"{name}: error: {type(exc).__name__}: {_one_line(exc)} (an internal error: rerun with "
+            print(f"{name}: error: {type(exc).__name__}: {one_line(exc)} (an internal error: rerun with "
                   "--debug for the traceback and report it)", file=sys.stderr)
             return 2
 

@@ -26,7 +26,7 @@ import onnx
 
 from .errors import VskipError
 from .files import (MAX_GRAPH_BYTES, Outputs, external_data, external_info, external_tensors, input_file,
-                    open_input, parse_json, resolve_external)
+                    open_input, parse_json)
 from .plan import Action, Plan, PlanInfo, load_plan, to_json
 from .shapes import with_shapes
 from .sidecar import read_sidecar, sidecar_path
@@ -63,14 +63,15 @@ class CompileReport:
 MIN_OPSET = 13  # Unsqueeze/Squeeze take axes as inputs and Softmax is per-axis from 13 on
 
 
-def load_graph(path: str | Path, weights_needed: bool = True) -> onnx.ModelProto:
+def read_graph(path: str | Path, weights_needed: bool = True) -> tuple[onnx.ModelProto, dict[str, Path]]:
     """Read an ONNX file without its external weights, checking every reference to them.
 
     External data must lie inside the model's directory and fit its files (see
     :func:`vskip_compile.files.external_data`); small external constants are read in.
+    Returns the graph and the data files it still reads (location -> path).
     ``weights_needed=False`` accepts absent data files (the FLOPs counter needs shapes only).
     """
-    path = input_file(path, "ONNX model", MAX_GRAPH_BYTES)
+    path = Path(path)
     with open_input(path, "ONNX model", MAX_GRAPH_BYTES) as handle:
         data = handle.read()
     try:
@@ -79,9 +80,15 @@ def load_graph(path: str | Path, weights_needed: bool = True) -> onnx.ModelProto
         raise VskipError(f"{path}: not an ONNX model or truncated") from None
     if not model.graph.node:
         raise VskipError(f"{path}: not an ONNX model or truncated (no graph nodes)")
-    external_data(model, path, weights_needed)
-    _inline_small_external(model, path)
-    return model
+    files = external_data(model, path, weights_needed)
+    _inline_small_external(model, path, files)
+    read = {external_info(tensor, path)[0] for tensor in external_tensors(model)}
+    return model, {location: file for location, file in files.items() if location in read}
+
+
+def load_graph(path: str | Path, weights_needed: bool = True) -> onnx.ModelProto:
+    """:func:`read_graph` for callers that need the graph only."""
+    return read_graph(path, weights_needed)[0]
 
 
 def check_opset(model: onnx.ModelProto, path: str | Path) -> int:
@@ -96,34 +103,24 @@ def check_opset(model: onnx.ModelProto, path: str | Path) -> int:
     return opset
 
 
-def _inline_small_external(model: onnx.ModelProto, path: Path, limit: int = 4096) -> None:
+def _inline_small_external(model: onnx.ModelProto, path: Path, files: dict[str, Path], limit: int = 4096) -> None:
     """Read external tensors of at most ``limit`` bytes into the graph.
 
     The rewrite reads a few small constants (axes, shapes); any exporter may have put them
-    in external data. Weights stay where they are. The references were checked by
-    :func:`external_data` before this runs.
+    in external data. Weights stay where they are. ``files`` are the references
+    :func:`external_data` checked; a location missing from it is an absent file (allowed
+    only without ``weights_needed``), whose values stay unknown.
     """
     for tensor in external_tensors(model):
         location, offset, length = external_info(tensor, path)
-        data = resolve_external(path, location, must_exist=False)
-        if length is None or length > limit or not data.exists():
-            continue  # an absent file (allowed only without weights_needed): the value stays unknown
+        data = files.get(location)
+        if length is None or length > limit or data is None:
+            continue
         with open_input(data, "external data file") as handle:
             handle.seek(offset)
             tensor.raw_data = handle.read(length)
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
-
-
-def external_files(model: onnx.ModelProto) -> dict[str, int]:
-    """External data location -> the number of bytes the graph reads from it (unchecked:
-    for a graph already in memory; files on disk go through :func:`load_graph`)."""
-    files: dict[str, int] = {}
-    for tensor in external_tensors(model):
-        info = {e.key: e.value for e in tensor.external_data}
-        end = int(info.get("offset") or 0) + int(info.get("length") or 0)
-        files[info["location"]] = max(files.get(info["location"], 0), end)
-    return files
 
 
 def compiled_plan(model: onnx.ModelProto, source: str | Path = "graph") -> dict | None:
@@ -184,19 +181,14 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     output = Path(output) if output else default_output(model_path)
     outputs = Outputs([model_path] + ([] if isinstance(plan, Plan) else [plan]), force=force)
     with outputs:
-        model = load_graph(model_path)
-        data_files = external_data(model, model_path)
-        for item in data_files.values():
-            outputs.add_input(item.path)
+        model, data_files = read_graph(model_path)
+        for path in data_files.values():
+            outputs.add_input(path)
         sidecar = read_sidecar(model_path)
         if sidecar is not None:
             outputs.add_input(sidecar_path(model_path))
         outputs.claim(output, "compiled graph")
-        shared = _shares_weights(model_path, output)
-        copies = {} if shared else {location: output.with_name(weights_name(output, i))
-                                    for i, location in enumerate(data_files)}
-        for target in copies.values():
-            outputs.claim(target, "compiled graph's weights")
+        copies = claim_weight_copies(outputs, model_path, output, data_files)
         for extra in (extra_outputs(output) if extra_outputs else []):
             outputs.claim(extra, "report")
         if compiled_plan(model, model_path) is not None:
@@ -232,10 +224,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
             _copy_model_fields(model, compiled)
         _set_metadata(compiled, PLAN_METADATA, json.loads(to_json(plan_obj, family=family or info.family)))
         _set_metadata(compiled, ROWS_METADATA, row_inputs)
-        _relocate_weights(compiled, copies)
-        for location, target in copies.items():
-            outputs.copy(data_files[location].path, target, progress)
-        outputs.write_bytes(output, compiled.SerializeToString())
+        write_graph(outputs, compiled, output, data_files, copies, progress)
         outputs.commit()
     return CompileReport(
         source=str(model_path), output=str(output), layers_found=len(structure.layers),
@@ -246,10 +235,27 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     )
 
 
-def _shares_weights(model_path: Path, output: Path) -> bool:
-    """Written beside its source, a compiled graph reads the source's own weight files."""
+def claim_weight_copies(outputs: Outputs, model_path: Path, output: Path, files: dict[str, Path]) -> dict[str, Path]:
+    """The weight files ``output``, a graph made from ``model_path``, owns: none beside its
+    source, whose files it shares; elsewhere a copy of each named after it (:func:`weights_name`),
+    claimed in ``outputs``. Returns source location -> copy."""
     directory = output.parent if str(output.parent) else Path(".")
-    return os.path.realpath(directory) == os.path.realpath(model_path.parent)
+    if os.path.realpath(directory) == os.path.realpath(model_path.parent):
+        return {}
+    copies = {location: output.with_name(weights_name(output, i)) for i, location in enumerate(files)}
+    for target in copies.values():
+        outputs.claim(target, f"weights of {output.name}")
+    return copies
+
+
+def write_graph(outputs: Outputs, model: onnx.ModelProto, output: Path, files: dict[str, Path],
+                copies: dict[str, Path], progress: Callable[[str], None] | None = None) -> None:
+    """Copy the weights ``output`` owns, point ``model`` at them and write it; all of it is
+    published by ``outputs.commit()``."""
+    for location, target in copies.items():
+        outputs.copy(files[location], target, progress)
+    _relocate_weights(model, copies)
+    outputs.write_bytes(output, model.SerializeToString())
 
 
 def _relocate_weights(model: onnx.ModelProto, copies: dict[str, Path]) -> None:

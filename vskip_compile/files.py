@@ -38,7 +38,6 @@ import signal
 import stat
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -185,7 +184,7 @@ def read_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str,
                 with archive.open(member) as stream:
                     arrays[name] = _read_npy(stream, member, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
-        raise VskipError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+        raise VskipError(f"{path}: not a readable .npz file ({one_line(exc)})") from None
     return arrays
 
 
@@ -238,13 +237,6 @@ def check_threads(threads: int | None, flag: str = "--threads") -> int | None:
 
 
 # ------------------------------------------------------------------------ external data
-
-@dataclass(frozen=True)
-class ExternalFile:
-    location: str       # as written in the graph
-    path: Path          # resolved, inside the model's directory
-    needed: int         # bytes the graph reads from it (the largest offset + length)
-
 
 def external_tensors(model) -> Iterable:
     """Every tensor of ``model`` (a ModelProto) stored as external data, subgraphs included."""
@@ -315,8 +307,9 @@ def resolve_external(model_path: Path, location: str, must_exist: bool = True) -
     return candidate
 
 
-def external_data(model, model_path: str | os.PathLike, weights_needed: bool = True) -> dict[str, ExternalFile]:
-    """location -> ExternalFile for every external tensor of ``model``, all checked.
+def external_data(model, model_path: str | os.PathLike, weights_needed: bool = True) -> dict[str, Path]:
+    """location -> its file (inside the model's directory) for every external tensor of
+    ``model``, all checked.
 
     Lengths must match the tensor's own size where its type has a fixed width, and every
     range must fit its file: a graph is refused before anything is read or copied.
@@ -324,25 +317,27 @@ def external_data(model, model_path: str | os.PathLike, weights_needed: bool = T
     absent; the location rules hold all the same, and a file that is there is checked.
     """
     model_path = Path(model_path)
-    files: dict[str, ExternalFile] = {}
+    files: dict[str, Path] = {}
+    sizes: dict[str, int | None] = {}     # per location: the file's size, None when it is absent
     for tensor in external_tensors(model):
         location, offset, length = external_info(tensor, model_path)
-        known = files.get(location)
-        path = known.path if known else resolve_external(model_path, location, must_exist=weights_needed)
-        if not path.exists():
+        if location not in sizes:
+            path = resolve_external(model_path, location, must_exist=weights_needed)
+            sizes[location] = path.stat().st_size if path.exists() else None
+            if sizes[location] is not None:
+                files[location] = path
+        size = sizes[location]
+        if size is None:
             continue
         expected = _tensor_bytes(tensor)
         if length is None:
-            length = expected if expected is not None else path.stat().st_size - offset
+            length = expected if expected is not None else size - offset
         elif expected is not None and length != expected:
             raise VskipError(f"{model_path}: tensor {escape(tensor.name)!r}: external data length {length} is not "
                              f"its {expected} bytes")
-        end = offset + length
-        size = path.stat().st_size
-        if end > size:
-            raise VskipError(f"{model_path}: external data file {path} is truncated ({size} bytes, "
-                             f"tensor {escape(tensor.name)!r} needs bytes {offset}-{end})")
-        files[location] = ExternalFile(location, path, max(end, known.needed if known else 0))
+        if offset + length > size:
+            raise VskipError(f"{model_path}: external data file {files[location]} is truncated ({size} bytes, "
+                             f"tensor {escape(tensor.name)!r} needs bytes {offset}-{offset + length})")
     return files
 
 
@@ -554,7 +549,7 @@ class Outputs:
         if exc_type is not None or not self._done:
             self.discard()
         if exc_type is not None and issubclass(exc_type, OSError):
-            raise VskipError(f"cannot write the output: {_one_line(exc)}") from None
+            raise VskipError(f"cannot write the output: {one_line(exc)}") from None
 
 
 def check_directory(directory: str | os.PathLike) -> Path:
@@ -567,6 +562,27 @@ def check_directory(directory: str | os.PathLike) -> Path:
     except OSError as exc:  # os.access lies for root; creating a file does not
         raise VskipError(f"{directory}: directory is not writable ({exc.strerror})") from None
     return directory
+
+
+def output_directory(path: str | os.PathLike, purpose: str) -> bool:
+    """Whether ``path``, a directory a command writes files into, exists already.
+
+    Refused in one line: a dangling symbolic link, something that is not a directory, a
+    missing parent, or (the directory, else its parent) one that takes no new files.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise VskipError(f"{path}: is a dangling symbolic link; name a real directory for {purpose}")
+    if path.exists() and not path.is_dir():
+        raise VskipError(f"{path}: exists and is not a directory; name a directory for {purpose}")
+    if path.exists():
+        check_directory(path)
+        return True
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise VskipError(f"{parent}: no such directory (for {purpose} {path})")
+    check_directory(parent)
+    return False
 
 
 def _name_max(directory: Path) -> int:
@@ -635,7 +651,7 @@ def escape(text: object) -> str:
                    for c in str(text))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return escape(f"{where}{exc.strerror}")

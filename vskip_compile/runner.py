@@ -15,15 +15,14 @@ def make_session(path: str | Path, threads: int | None = None, optimize: bool = 
     (a :class:`vskip_compile.files.Outputs`) learns the files read, as inputs."""
     import onnxruntime as ort
 
-    from .compile import load_graph
-    from .files import check_threads, external_data
+    from .compile import read_graph
+    from .files import check_threads
 
     path = Path(path)
-    model = load_graph(path)
+    _, files = read_graph(path)
     if outputs is not None:
-        outputs.add_input(path)
-        for item in external_data(model, path).values():
-            outputs.add_input(item.path)
+        for read in (path, *files.values()):
+            outputs.add_input(read)
     threads = check_threads(threads)
     options = ort.SessionOptions()
     if threads:

@@ -17,7 +17,7 @@ SIDECAR_FORMAT = "vskip-export"
 SIDECAR_VERSION = 1
 MAX_DIM = 2**24          # far above any real model's widths or layer count
 
-# Fields every reader may rely on, with their JSON kinds.
+# The model dimensions a sidecar gives, each a positive integer where present.
 DIM_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size")
 _OPTIONAL_STRINGS = ("family", "source", "logits")
@@ -42,7 +42,7 @@ def load_sidecar_file(path: str | Path) -> dict:
 
 def check_sidecar(data, source: str) -> dict:
     """``data`` if it is a usable sidecar: an object whose dimension fields are positive
-    integers (as many as it has; readers ask for the ones they need with :func:`dims`)."""
+    integers (as many as it has; readers ask for the ones they need with :func:`require`)."""
     if not isinstance(data, dict):
         raise VskipError(f"{source}: a sidecar must be a JSON object, got {type(data).__name__}")
     for key in DIM_FIELDS:

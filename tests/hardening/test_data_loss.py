@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from hostile import (PLAN, assert_refused, external_source, run_cli, snapshot, with_external_data,  # noqa: F401
+from hostile import (PLAN, assert_refused, external_source, run_cli, snapshot,  # noqa: F401
                      workspace)
 
 

@@ -148,7 +148,7 @@ def test_garbage_graph_bytes(workspace):
 
 
 def test_internal_errors_are_one_line_and_traceback_only_with_debug(workspace):
-    patch = "from vskip_compile import compile as c\ndef boom(*a, **k):\n    raise RuntimeError('boom\\nsecond')\nc.load_graph = boom"
+    patch = "from vskip_compile import compile as c\ndef boom(*a, **k):\n    raise RuntimeError('boom\\nsecond')\nc.read_graph = boom"
     args = ["compile", str(workspace / "src" / "model.onnx"), "--plan", str(PLAN), "-o", str(workspace / "c.onnx")]
     code = f"import sys\n{patch}\nfrom vskip_compile.cli import main\nsys.exit(main())"
     plain = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
