@@ -7,7 +7,7 @@ with random values and only warns, and stops with a traceback on a truncated fil
 :func:`inspect_checkpoint` refuses all of that with one line, cheapest check first, reading
 nothing but ``config.json`` and the safetensors headers (a few KiB per file):
 
-1. ``config.json``: bounded JSON (:mod:`vskip_compile.files`), a supported ``model_type``,
+1. ``config.json``: bounded JSON (:mod:`vskip_compile.core.files`), a supported ``model_type``,
    every size named in :data:`CONFIG_LIMITS` within its bound wherever it appears (text,
    vision and any other sub-config), no ``quantization_config``, no ``transformers_weights``.
 2. The file list: no weight file in another format (:data:`FOREIGN_WEIGHT_PARTS`) beside the
@@ -38,8 +38,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vskip_compile.errors import VskipError
-from vskip_compile.files import (
+from vskip_compile.core.errors import VskipError
+from vskip_compile.core.files import (
     MAX_JSON_BYTES,
     available_memory,
     escape,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -18,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from vskip_compile.errors import VskipError
-from vskip_compile.files import Outputs, check_directory, output_directory
-from vskip_compile.sidecar import SIDECAR, SIDECAR_FORMAT, SIDECAR_VERSION
+from vskip_compile.core.errors import VskipError
+from vskip_compile.core.files import Outputs, check_directory, output_directory
+from vskip_compile.core.sidecar import SIDECAR, GraphEntry, Sidecar
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
 from .loading import LoadedModel, load_model, timed
@@ -36,32 +35,22 @@ SUPPORTED_OPSETS = (20, 23)
 _TRACE_BATCH, _TRACE_PAST, _TRACE_QUERY = 2, 5, 3
 
 
-def describe(loaded: LoadedModel, opset: int, all_logits: bool) -> dict:
+def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = True) -> Sidecar:
     """The sidecar: what a compiler or validator needs to know about the export."""
     tc = loaded.text_config
     family = loaded.family
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
     layers = tc.num_hidden_layers
-    return {
-        "format": SIDECAR_FORMAT,
-        "version": SIDECAR_VERSION,
-        "family": family.model_type,
-        "source": loaded.source,
-        "seed": loaded.seed,
-        "num_layers": layers,
-        "hidden_size": tc.hidden_size,
-        "num_attention_heads": tc.num_attention_heads,
-        "num_key_value_heads": tc.num_key_value_heads,
-        "head_dim": head_dim,
-        "intermediate_size": tc.intermediate_size,
-        "vocab_size": tc.vocab_size,
-        "image_token_id": family.image_token_id(loaded.config),
-        "position_rank": family.position_rank,
-        "opset": opset,
-        "logits": "all" if all_logits else "last",
-        "prefill": {"file": "prefill.onnx", "inputs": prefill_input_names(family), "outputs": output_names(layers)},
-        "decode": {"file": "decode.onnx", "inputs": decode_input_names(layers), "outputs": output_names(layers)},
-    }
+    return Sidecar(
+        family=family.model_type, source=loaded.source, seed=loaded.seed, num_layers=layers,
+        hidden_size=tc.hidden_size, num_attention_heads=tc.num_attention_heads,
+        num_key_value_heads=tc.num_key_value_heads, head_dim=head_dim, intermediate_size=tc.intermediate_size,
+        vocab_size=tc.vocab_size, image_token_id=family.image_token_id(loaded.config),
+        position_rank=family.position_rank, opset=opset, logits="all" if all_logits else "last",
+        prefill=GraphEntry("prefill.onnx", tuple(prefill_input_names(family)), tuple(output_names(layers))),
+        decode=GraphEntry("decode.onnx", tuple(decode_input_names(layers)), tuple(output_names(layers)))
+        if decode else None,
+    )
 
 
 def _trace_prompt(loaded: LoadedModel) -> Prompt:
@@ -101,8 +90,8 @@ def _export_one(module, args, path: Path, input_names, output_names_, dynamic_sh
 
 def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: bool = False,
                  force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print,
-                 decode: bool = True) -> dict:
-    """Export SOURCE's decoder to OUT_DIR; returns the sidecar dict.
+                 decode: bool = True) -> Sidecar:
+    """Export SOURCE's decoder to OUT_DIR; returns its sidecar.
 
     ``decode=False`` writes only the prefill graph (all that compiling needs).
     """
@@ -116,9 +105,7 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
         loaded = load_model(source, seed=seed)
     layers = loaded.text_config.num_hidden_layers
     external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
-    sidecar = describe(loaded, opset, all_logits)
-    if not decode:
-        del sidecar["decode"]
+    sidecar = describe(loaded, opset, all_logits, decode)
 
     with outputs:
         staging = outputs.staging_directory(out_dir)
@@ -129,18 +116,18 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
             # fails here, inside transformers: the user's input, not a vskip bug.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VskipError(f"{source}: the model fails on a sample prompt: {first}") from None
-        prefill_args = tuple(inputs.feeds[name] for name in sidecar["prefill"]["inputs"])
+        prefill_args = tuple(inputs.feeds[name] for name in list(sidecar.prefill.inputs))
         with timed(progress, "trace prefill"), torch.no_grad(), loaded.family.export_patches(loaded.model):
             _export_one(PrefillDecoder(loaded.family, loaded.model, all_logits), prefill_args,
-                        staging / "prefill.onnx", sidecar["prefill"]["inputs"], sidecar["prefill"]["outputs"],
+                        staging / "prefill.onnx", list(sidecar.prefill.inputs), list(sidecar.prefill.outputs),
                         _prefill_dynamic_shapes(loaded), opset, external)
         if decode:
             decode_args, decode_shapes = _decode_sample(loaded, inputs)
             with timed(progress, "trace decode"), torch.no_grad(), loaded.family.export_patches(loaded.model):
                 _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
-                            sidecar["decode"]["inputs"], sidecar["decode"]["outputs"], decode_shapes, opset,
+                            list(sidecar.decode.inputs), list(sidecar.decode.outputs), decode_shapes, opset,
                             external)
-        (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        (staging / SIDECAR).write_text(sidecar.to_json())
         unexpected = sorted(p.name for p in staging.iterdir() if p.name not in names)
         if unexpected:
             raise VskipError(f"the exporter wrote files vskip does not know ({', '.join(unexpected)}); "

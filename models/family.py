@@ -172,7 +172,7 @@ def families() -> dict[str, Callable[[], Family]]:
 
 
 def get_family(model_type: str) -> Family:
-    from vskip_compile.errors import VskipError
+    from vskip_compile.core.errors import VskipError
 
     registry = families()
     if model_type not in registry:

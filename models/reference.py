@@ -20,23 +20,10 @@ from contextlib import contextmanager
 
 import torch
 
-from vskip_compile.plan import Action, FreezeScope, Plan
+from vskip_compile.core.plan import Plan, Rows
+from vskip_compile.core.visual_rows import live_mask
 
 from .family import Family
-
-
-def prefix_through_last(rows: torch.Tensor) -> torch.Tensor:
-    """[B, S] bool: every position up to and including each row's last True."""
-    positions = torch.arange(rows.shape[1], device=rows.device)
-    last = torch.where(rows, positions, -1).amax(dim=1, keepdim=True)
-    return positions.unsqueeze(0) <= last
-
-
-def skipped_rows(plan: Plan, action: Action, visual_rows: torch.Tensor) -> torch.Tensor:
-    """The rows a layer with ``action`` leaves untouched, per DESIGN.md section 2."""
-    if action is Action.FREEZE and plan.freeze_scope is FreezeScope.PREFIX_THROUGH_VISUAL:
-        return prefix_through_last(visual_rows)
-    return visual_rows
 
 
 def _zero_rows_hook(rows: torch.Tensor, label: str):
@@ -64,16 +51,20 @@ def skip_reference(family: Family, model: torch.nn.Module, plan: Plan, visual_ro
     layers = family.decoder_layers(model)
     if plan.num_layers != len(layers):
         raise ValueError(f"the plan has {plan.num_layers} layers but the model has {len(layers)}")
-    visual_rows = visual_rows.bool()
+    visual = visual_rows.bool().cpu().numpy()
+
+    def skipped(kind: Rows) -> torch.Tensor:  # every row the layer does not keep live
+        return torch.from_numpy(~live_mask(kind, visual)).to(visual_rows.device)
+
     handles = []
     try:
-        for index, (layer, action) in enumerate(zip(layers, plan.actions)):
-            rows = skipped_rows(plan, action, visual_rows)
-            if action.skips_attention:
+        for index, layer in enumerate(layers):
+            attention, ffn = plan.live_rows(index)
+            if attention is not Rows.ALL:
                 handles.append(layer.self_attn.register_forward_hook(
-                    _zero_rows_hook(rows, f"layer {index} attention")))
-            if action.skips_ffn:
-                handles.append(layer.mlp.register_forward_hook(_zero_rows_hook(rows, f"layer {index} FFN")))
+                    _zero_rows_hook(skipped(attention), f"layer {index} attention")))
+            if ffn is not Rows.ALL:
+                handles.append(layer.mlp.register_forward_hook(_zero_rows_hook(skipped(ffn), f"layer {index} FFN")))
         yield
     finally:
         for handle in handles:

@@ -36,7 +36,10 @@ flattened tensor is never a layer input. The NonZero/GatherND these exporters em
 in the graph as they are; the rewrite adds none and reads nothing from them.
 
 This pass changes nothing. It returns a :class:`DecoderStructure` (one :class:`LayerMatch`
-per layer, in order) for the passes that do, and :func:`format_table` renders it.
+per layer, in order) for the passes that do, and :func:`format_table` renders it. The
+structural questions (what is a projection, an attention core, a cache output) are
+``passes/graph_queries.py``, shared with the FLOPs counter; this module is the layer
+matcher built on them.
 
 Requires: a pre-norm decoder (Llama/Qwen/Gemma-style) with self-attention; weights as
 initializers or Constant nodes (values are never read, only ranks, so external data may
@@ -59,42 +62,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from vskip_compile.errors import VskipError
+from vskip_compile.core.errors import VskipError
+
+from .graph_queries import AttentionCore, GraphQueries, producer
 
 
 class LocateError(VskipError):
     """The decoder layers could not be found; the message says what was expected where."""
 
 
-# Op families the walks look through. Each walk is a short loop over one of these sets.
-NOOP = {"Cast", "Identity"}                                   # structurally transparent
-NORMS = {"RMSNormalization", "LayerNormalization", "SimplifiedLayerNormalization"}  # data = input 0
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
-HEAD_MERGE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"} | NOOP   # core -> o_proj
-KV_PATH = {"Reshape", "Transpose", "Expand", "Unsqueeze", "Squeeze", "Tile"} | NOOP  # present -> core
-PROBS = {"Dropout", "Where"} | NOOP                           # Softmax -> PV MatMul (NaN guard)
-WEIGHT_PATH = {"Transpose", "DequantizeLinear"} | NOOP        # initializer -> MatMul input 1
+# The stream between layers (DeepStack); the op families inside a layer are graph_queries'.
 GAP_OPS = {"Add", "Mul", "Where", "ScatterND", "ScatterElements"}  # between layers (DeepStack)
 GAP_RESHAPE = "Reshape"                                      # a flat masked write, undone later
-
-MAX_TAIL = 16       # nodes between a projection and its residual Add (post-norm, bias, casts)
-MAX_HEAD_MERGE = 12  # nodes between the core output and o_proj
-MAX_SCORES = 10     # nodes between the scores MatMul and the Softmax
 MAX_GAP = 4         # nodes between one layer's output and the next layer's input
-MAX_VISIT = 50_000  # nodes one derivation search may visit
-
-
-@dataclass
-class AttentionCore:
-    """The S x S part of a layer: everything else in the layer is row-wise."""
-
-    kind: str                 # "softmax" (decomposed) or "attention_op" (ONNX Attention)
-    query: gs.Variable        # input 0 of the scores MatMul / of Attention
-    key: gs.Variable          # input 1 of the scores MatMul (K^T, GQA-expanded) / of Attention
-    value: gs.Variable        # input 1 of the PV MatMul / input 2 of Attention
-    masks: list[gs.Tensor]    # additive or boolean masks entering the core
-    output: gs.Variable       # the PV MatMul's / Attention's output
-    nodes: list[gs.Node]      # scores MatMul ... PV MatMul, or [Attention], in graph order
 
 
 @dataclass
@@ -151,7 +131,7 @@ def locate_layers(graph: gs.Graph, scopes: dict[str, str] | None = None,
     With ``require_cache`` every layer must write its K and V to graph outputs (a prefill
     or decode graph); pass False for a decoder exported without a KV cache.
     """
-    view = StructureView(graph, scopes or {})
+    view = LayerMatcher(graph, scopes or {})
     seeds = view.seeds()
     if not seeds:
         raise LocateError("not a decoder graph: it has no float graph input (inputs_embeds) and no embedding "
@@ -207,7 +187,7 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
 
 def format_table(structure: DecoderStructure) -> str:
     """One row per layer: attention kind, projection weights, cache outputs, module path."""
-    view = StructureView(structure.graph, structure.scopes)
+    view = GraphQueries(structure.graph, structure.scopes)
     header = ("layer", "attention", "o_proj", "down_proj", "present key", "present value", "module")
     rows = [header]
     for layer in structure.layers:
@@ -237,16 +217,7 @@ def _fully_known(shape) -> bool:
                                      for d in shape)
 
 
-# --------------------------------------------------------------------------- the walks
-
-def _producer(tensor) -> gs.Node | None:
-    return tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
-
-
-def _given(tensor) -> bool:
-    """False for the empty name gs gives an omitted optional input."""
-    return tensor is not None and bool(tensor.name)
-
+# --------------------------------------------------------------------------- the walk
 
 @dataclass
 class _Walk:
@@ -256,299 +227,10 @@ class _Walk:
     reasons: list[str] = field(default_factory=list)         # why nothing matched there
 
 
-class StructureView:
-    """A read-only view of the graph with the few structural questions the walks ask.
+class LayerMatcher(GraphQueries):
+    """The layer matcher: residual Adds, attention and FFN branches, the walk from layer to
+    layer along the stream, all asked of the graph through :class:`GraphQueries`."""
 
-    Public because the FLOPs counter (vskip_compile/flops.py) classifies matrix products
-    with the same rules (what is a projection, where an attention core is), so the two
-    never disagree about a graph's structure.
-    """
-
-    def __init__(self, graph: gs.Graph, scopes: dict[str, str]):
-        self.graph = graph
-        self.scopes = scopes
-        self.outputs = {id(t) for t in graph.outputs}
-        self.order = {id(n): i for i, n in enumerate(graph.nodes)}
-        self._const: dict[int, bool] = {}
-
-    # ---- naming (messages only)
-    def scope(self, node: gs.Node) -> str | None:
-        if node.name in self.scopes:
-            return self.scopes[node.name]
-        if "/" in (node.name or ""):  # legacy TorchScript names: /model/layers.0/self_attn/o_proj/MatMul
-            parts = [p for p in node.name.split("/") if p][:-1]
-            return ".".join(parts) or None
-        return None
-
-    def where(self, node: gs.Node) -> str:
-        scope = self.scope(node)
-        return node.op + (f" {node.name!r}" if node.name else "") + (f" ({scope})" if scope else "")
-
-    @staticmethod
-    def name(tensor) -> str:
-        return repr(tensor.name)
-
-    def module_path(self, *nodes: gs.Node) -> str | None:
-        paths = [s.split(".") for s in (self.scope(n) for n in nodes) if s]
-        if not paths:
-            return None
-        common = []
-        for parts in zip(*paths):
-            if len(set(parts)) != 1:
-                break
-            common.append(parts[0])
-        if len(paths) == 1:
-            common = common[:-1]  # the projection's own module: report its parent block
-        return ".".join(common) or None
-
-    # ---- constants and weights
-    def is_const(self, tensor, depth: int = 0) -> bool:
-        """True for initializers, Constant outputs and anything computed only from them."""
-        if isinstance(tensor, gs.Constant):
-            return True
-        key = id(tensor)
-        if key not in self._const:
-            node = _producer(tensor)
-            if node is None or depth > 48:
-                result = False
-            elif node.op == "Constant":
-                result = True
-            else:
-                result = bool(node.inputs) and all(self.is_const(t, depth + 1) for t in node.inputs if _given(t))
-            self._const[key] = result
-        return self._const[key]
-
-    def weight_shape(self, tensor) -> tuple | None:
-        """The shape of the constant behind a MatMul weight input, looking through Transpose/Cast."""
-        for _ in range(4):
-            if isinstance(tensor, gs.Constant):
-                return tuple(tensor.shape)
-            node = _producer(tensor)
-            if node is None:
-                return None
-            if node.op == "Constant":
-                value = node.attrs.get("value")
-                return tuple(value.shape) if hasattr(value, "shape") else None
-            if node.op not in WEIGHT_PATH:
-                return None
-            tensor = node.inputs[0]
-        return None
-
-    def is_projection(self, node: gs.Node) -> bool:
-        """A MatMul (or Gemm) whose weight, input 1, is a 2-D constant and whose input 0 is not."""
-        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
-            return False
-        shape = self.weight_shape(node.inputs[1])
-        return shape is not None and len(shape) == 2 and not self.is_const(node.inputs[0])
-
-    def variable_operands(self, node: gs.Node) -> list:
-        return [t for t in node.inputs if _given(t) and not self.is_const(t)]
-
-    # ---- graph searches
-    def aliases(self, tensor) -> list:
-        """``tensor`` and everything that is it through no-op Cast/Identity consumers."""
-        found, queue = [tensor], [tensor]
-        while queue:
-            for node in queue.pop().outputs:
-                if node.op in NOOP:
-                    found.append(node.outputs[0])
-                    queue.append(node.outputs[0])
-        return found
-
-    def derives(self, tensor, targets: set[int], limit: int = MAX_VISIT) -> tuple[bool, list[gs.Node]]:
-        """Whether ``tensor`` is computed from one of ``targets`` (ids), visiting at most ``limit``
-        nodes; also the nodes visited, none past the targets."""
-        if id(tensor) in targets:
-            return True, []
-        seen, visited, queue, found = {id(tensor)}, [], deque([tensor]), False
-        while queue and len(visited) < limit:
-            node = _producer(queue.popleft())
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            visited.append(node)
-            for inp in node.inputs:
-                if id(inp) in targets:
-                    found = True
-                elif _given(inp) and id(inp) not in seen and not isinstance(inp, gs.Constant):
-                    seen.add(id(inp))
-                    queue.append(inp)
-        return found, visited
-
-    def pick_data_operand(self, node: gs.Node):
-        """The operand an elementwise op carries forward: the only non-constant one, or, for
-        x * rsqrt(mean(x^2)) and x - mean(x), the one the other is computed from."""
-        operands = self.variable_operands(node)
-        if len(operands) == 1:
-            return operands[0]
-        if len(operands) == 2:
-            for a, b in (operands, operands[::-1]):
-                if self.derives(b, {id(a)}, limit=8)[0]:
-                    return a
-        return None
-
-    def branch_projection(self, tensor) -> tuple[gs.Node | None, str]:
-        """Walk back from a residual Add's branch operand to its projection MatMul."""
-        for _ in range(MAX_TAIL):
-            node = _producer(tensor)
-            if node is None:
-                return None, f"its operand {self.name(tensor)} is a graph input or constant"
-            if self.is_projection(node):
-                return node, ""
-            if node.op in ("MatMul", "Gemm"):
-                return None, f"its operand comes from {self.where(node)}, whose weight is not a 2-D constant"
-            if node.op in NOOP or node.op in NORMS or node.op == "Reshape":
-                tensor = node.inputs[0]
-            elif node.op in ELEMENTWISE:
-                tensor = self.pick_data_operand(node)
-            else:
-                tensor = None
-            if tensor is None:
-                return None, f"its operand leads back to {self.where(node)}, not to a MatMul with a 2-D weight"
-        return None, f"no MatMul with a 2-D weight within {MAX_TAIL} nodes of it"
-
-    # ---- attention core
-    def softmax_before(self, tensor) -> gs.Node | None:
-        """The Softmax behind a PV MatMul's probability input (through a NaN guard, casts)."""
-        for _ in range(6):
-            node = _producer(tensor)
-            if node is None:
-                return None
-            if node.op == "Softmax":
-                return node
-            if node.op not in PROBS:
-                return None
-            if node.op == "Where":
-                data = [t for t in node.inputs[1:] if not self.is_const(t)]
-                if len(data) != 1:
-                    return None
-                tensor = data[0]
-            else:
-                tensor = node.inputs[0]
-        return None
-
-    def find_core(self, tensor) -> tuple[AttentionCore | None, str]:
-        """Walk back from o_proj's input through head-merging reshapes to the attention core."""
-        for _ in range(MAX_HEAD_MERGE):
-            node = _producer(tensor)
-            if node is None:
-                return None, f"o_proj's input leads back to graph input {self.name(tensor)}"
-            if node.op == "Attention" and node.outputs[0] is tensor:
-                return self.attention_op_core(node), ""
-            if node.op == "MatMul" and not self.is_projection(node):
-                softmax = self.softmax_before(node.inputs[0])
-                if softmax is None:
-                    return None, f"{self.where(node)} before o_proj does not take its input 0 from a Softmax"
-                return self.softmax_core(node, softmax)
-            if node.op in HEAD_MERGE:
-                tensor = node.inputs[0]
-            elif node.op == "Where" or node.op in ("Mul", "Div"):
-                data = self.variable_operands(node) if node.op != "Where" else \
-                    [t for t in node.inputs[1:] if not self.is_const(t)]
-                if len(data) != 1:
-                    return None, f"walking back from o_proj's input reached {self.where(node)}, not an attention core"
-                tensor = data[0]
-            else:
-                return None, (f"walking back from o_proj's input reached {self.where(node)} before any Softmax "
-                              "or Attention node")
-        return None, f"no Softmax or Attention within {MAX_HEAD_MERGE} nodes of o_proj's input"
-
-    @staticmethod
-    def attention_op_core(node: gs.Node) -> AttentionCore:
-        masks = [node.inputs[3]] if len(node.inputs) > 3 and _given(node.inputs[3]) else []
-        return AttentionCore("attention_op", node.inputs[0], node.inputs[1], node.inputs[2], masks,
-                             node.outputs[0], [node])
-
-    def softmax_core(self, pv: gs.Node, softmax: gs.Node) -> tuple[AttentionCore | None, str]:
-        scores, queue, seen = None, deque([(softmax.inputs[0], 0)]), set()
-        while queue and scores is None:  # nearest MatMul of two variables behind the Softmax
-            tensor, depth = queue.popleft()
-            node = _producer(tensor)
-            if node is None or id(node) in seen or depth >= MAX_SCORES:
-                continue
-            seen.add(id(node))
-            if node.op == "MatMul" and len(self.variable_operands(node)) == 2:
-                scores = node
-                break
-            queue.extend((t, depth + 1) for t in self.variable_operands(node))
-        if scores is None:
-            return None, f"no scores MatMul (Q x K^T) within {MAX_SCORES} nodes before {self.where(softmax)}"
-        # The core is every node on a path scores -> ... -> PV.
-        ahead, queue = {id(scores)}, deque([scores])
-        while queue:
-            for out in queue.popleft().outputs:
-                for node in out.outputs:
-                    if id(node) not in ahead and node is not pv and len(ahead) < 4 * MAX_SCORES:
-                        ahead.add(id(node))
-                        queue.append(node)
-        _, behind = self.derives(pv.inputs[0], {id(t) for t in scores.outputs})
-        nodes = [scores] + [n for n in behind if id(n) in ahead and n is not scores] + [pv]
-        nodes.sort(key=lambda n: self.order.get(id(n), 0))
-        produced = {id(t) for n in nodes for t in n.outputs}
-        masks = []
-        for node in nodes:
-            if node is scores or node is pv:
-                continue
-            for tensor in node.inputs:
-                if _given(tensor) and not self.is_const(tensor) and id(tensor) not in produced \
-                        and all(tensor is not m for m in masks):
-                    masks.append(tensor)
-        return AttentionCore("softmax", scores.inputs[0], scores.inputs[1], pv.inputs[1], masks,
-                             pv.outputs[0], nodes), ""
-
-    def all_cores(self) -> list[gs.Node]:
-        """Every Attention node and every Softmax that feeds a PV MatMul: one per layer."""
-        cores = []
-        for node in self.graph.nodes:
-            if node.op == "Attention":
-                cores.append(node)
-            elif node.op == "Softmax" and self._feeds_pv(node):
-                cores.append(node)
-        return cores
-
-    def _feeds_pv(self, softmax: gs.Node) -> bool:
-        queue = [(softmax.outputs[0], 0)]
-        while queue:
-            tensor, depth = queue.pop()
-            for node in tensor.outputs:
-                if node.op == "MatMul" and node.inputs[0] is tensor and not self.is_projection(node):
-                    return True
-                if node.op in PROBS and depth < 4:
-                    queue.append((node.outputs[0], depth + 1))
-        return False
-
-    # ---- KV cache outputs
-    def cache_output(self, tensor) -> gs.Variable | None:
-        """Walk back from a K/V tensor entering the core to the graph output it is written to."""
-        for _ in range(MAX_HEAD_MERGE):
-            found = self._output_near(tensor)
-            if found is not None:
-                return found
-            node = _producer(tensor)
-            if node is None:
-                return None
-            if node.op in KV_PATH or (node.op == "Concat" and len(node.inputs) == 1):
-                tensor = node.inputs[0]
-            elif node.op in ("Mul", "Div") and len(self.variable_operands(node)) == 1:
-                tensor = self.variable_operands(node)[0]
-            else:
-                return None
-        return None
-
-    def _output_near(self, tensor) -> gs.Variable | None:
-        """``tensor`` if it is a graph output, else one written from it by Identity/Cast/Slice/Concat."""
-        queue = [(tensor, 0)]
-        while queue:
-            current, depth = queue.pop(0)
-            if id(current) in self.outputs:
-                return current
-            if depth < 2:
-                for node in current.outputs:
-                    if node.op in NOOP or node.op == "Concat" or (node.op == "Slice" and node.inputs[0] is current):
-                        queue.append((node.outputs[0], depth + 1))
-        return None
-
-    # ---- layers
     def residual_adds(self, stream) -> list[tuple[gs.Node, gs.Tensor, gs.Tensor, set[int]]]:
         """(Add, stream operand, other operand, alias ids) for each Add consuming the stream."""
         names = self.aliases(stream)
@@ -676,7 +358,7 @@ class StructureView:
         """Whether ``reshape`` gives ``original``'s shape back: a target read from ``original``
         (or a no-op alias of it) by a whole-tensor Shape, or equal inferred shapes with no
         unknown dimension."""
-        target = _producer(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+        target = producer(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
         if target is not None and target.op == "Shape" and not target.attrs.get("start") \
                 and target.attrs.get("end") is None and any(target.inputs[0] is a for a in self.aliases(original)):
             return True

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from vskip_compile.errors import VskipError
+from vskip_compile.core.errors import VskipError
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -260,8 +260,10 @@ def _reduce_over_later_axes(c: _Clone, node: gs.Node, r: Restricted):
     rank = len(_dims(r.original))
     default = -1 if node.op in ("Softmax", "LogSoftmax", "RMSNormalization", "LayerNormalization",
                                 "SimplifiedLayerNormalization") else None
+    if node.op in ("Softmax", "LogSoftmax") and c.b.graph.opset < 13:
+        default = 1  # before opset 13: over every axis from ``axis`` on, default 1
     axis = _normalized_axis(int(node.attrs.get("axis", default)), rank)
-    if node.op in ("Softmax", "LogSoftmax"):
+    if node.op in ("Softmax", "LogSoftmax") and c.b.graph.opset >= 13:
         if axis == r.axis:
             c.fail(node, "it normalises over the row axis")
     elif axis <= r.axis:
@@ -329,7 +331,14 @@ def _expand(c: _Clone, node: gs.Node, r: Restricted):
     out_axis = len(after) - (rank - r.axis)
     if not _same_dim(after[out_axis], _dims(r.original)[r.axis]):
         c.fail(node, "it broadcasts the row axis")
-    shape = c.replace_entry(c.value(node.inputs[1]), out_axis)
+    target = _dims(node.inputs[1])
+    if target is None or len(target) != 1 or not isinstance(target[0], (int, np.integer)):
+        c.fail(node, "the length of its shape input is unknown")
+    # The shape vector aligns with the output from the right; it may be shorter than the output.
+    entry = out_axis - (len(after) - int(target[0]))
+    if entry < 0:  # the row axis comes from the input alone: the shape vector leaves it as it is
+        return [r.tensor, c.value(node.inputs[1])], [out_axis]
+    shape = c.replace_entry(c.value(node.inputs[1]), entry)
     return [r.tensor, shape], [out_axis]
 
 
@@ -369,6 +378,10 @@ def _slice(c: _Clone, node: gs.Node, r: Restricted):
     rank = len(_dims(r.original))
     if node.inputs[0] is not r.original or any(id(t) in c.restricted for t in node.inputs[1:]):
         c.fail(node, "its bounds depend on the rows")
+    if any(id(t) in c.replaced for t in node.inputs[1:4]):
+        # A bound from Shape(rows) counts n rows where the source counted S: right only on the
+        # row axis, which a Slice may not cut anyway.
+        c.fail(node, "its bounds come from the shape of the restricted rows")
     axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
     if axes is None:
         c.fail(node, "its axes are not given as constants")
@@ -429,6 +442,8 @@ def _attention(c: _Clone, node: gs.Node, r: Restricted):
     inputs = [r.tensor, c.value(key), c.value(value)]
     if len(node.inputs) > 3 and node.inputs[3].name:
         mask = node.inputs[3]
+        if _dims(mask) is None:
+            c.fail(node, f"the shape of its mask '{mask.name}' is unknown")
         inputs.append(c.side(node, mask, len(_dims(mask)) - 2, _dims(r.original)[r.axis]))
     return inputs, [r.axis]
 
@@ -504,6 +519,10 @@ _SINGLE_INPUT_RULES = {
 }
 
 
+# Ops that cut or shape their data input (input 0) by their other inputs.
+_SHAPED_DATA = {"Slice", "Gather", "GatherElements", "Expand", "Reshape", "Tile", "Pad", "Resize", "CenterCropPad"}
+
+
 def restrict_region(rows: RowSubset, builder: Builder, nodes: list[gs.Node], seeds: list[Restricted],
                     describe: Callable[[gs.Node], str] = lambda n: f"{n.op} node '{n.name}'") -> _Clone:
     """Clone ``nodes`` (in topological order) for the rows of ``rows``.
@@ -519,12 +538,22 @@ def restrict_region(rows: RowSubset, builder: Builder, nodes: list[gs.Node], see
         r_inputs = [state.restricted[id(t)] for t in node.inputs if t is not None and id(t) in state.restricted]
         if not r_inputs:
             if any(id(t) in state.replaced for t in node.inputs):
-                # Shape arithmetic on recomputed values: clone as is.
+                # Shape arithmetic on recomputed values: clone as is. Those values count the kept
+                # rows (n, where the source counted S); used on data that does not carry the
+                # rows (cos[:, :S] -> cos[:, :n]) they would pick the first n positions, not the
+                # kept ones: refused.
+                data = node.inputs[0] if node.inputs else None
+                if node.op in _SHAPED_DATA and data is not None and id(data) not in state.replaced \
+                        and not isinstance(data, gs.Constant):
+                    state.fail(node, f"its {'bounds' if node.op == 'Slice' else 'shape or indices'} come from the "
+                                     "shape of the restricted rows, but its data does not carry the rows")
                 _emit(state, node, [state.value(t) for t in node.inputs], [None] * len(node.outputs))
             continue
         if node.op == "Shape" or node.op == "Size":
             _emit(state, node, [r_inputs[0].tensor], [None])
             continue
+        if any(_dims(r.original) is None for r in r_inputs):
+            state.fail(node, "the shape of its input is unknown (run shape inference on the graph)")
         if node.op in _ELEMENTWISE:
             inputs, axes = _elementwise(state, node, r_inputs)
         elif node.op == "MatMul":

@@ -38,15 +38,16 @@ between batch rows (the row inputs are shared by the whole batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from vskip_compile.errors import VskipError
-from vskip_compile.plan import Action, FreezeScope, Plan
-from vskip_compile.visual_rows import SUFFIX_ROWS, TEXT_ROWS
+from vskip_compile.core.errors import VskipError
+from vskip_compile.core.plan import Action, Plan, Rows
+from vskip_compile.core.visual_rows import ROW_INPUT, row_inputs
 
 from .locate import DecoderStructure, LayerMatch
+from .pipeline import LayerChange, PassReport
 from .rows import Builder, RestrictError, Restricted, RowSubset, restrict_region
 
 
@@ -54,36 +55,26 @@ class RewriteError(VskipError):
     """A located layer that this pass cannot rewrite as the plan says (the message says why)."""
 
 
-@dataclass
-class LayerChange:
-    index: int
-    action: Action
-    rows: str            # the row input this layer keeps live
-    nodes_added: int
-    note: str = ""       # e.g. where a frozen run's K/V come from
+class SkipVisualRows:
+    """The pass: every skipping layer of the plan rewritten (see the module docstring)."""
+
+    name = "skip_visual_rows"
+
+    def run(self, structure: DecoderStructure, plan: Plan) -> PassReport:
+        if plan.is_empty:  # nothing to skip: the graph is left exactly as it was
+            return PassReport(self.name)
+        return skip_visual_rows(structure, plan)
 
 
-@dataclass
-class SkipResult:
-    row_inputs: list[str]
-    layers: list[LayerChange] = field(default_factory=list)
-
-
-def row_inputs_for(plan: Plan) -> list[str]:
-    """The row inputs a compiled graph takes for ``plan``."""
-    needs_suffix = plan.freeze_scope is FreezeScope.PREFIX_THROUGH_VISUAL and Action.FREEZE in plan.actions
-    return [TEXT_ROWS, SUFFIX_ROWS] if needs_suffix else [TEXT_ROWS]
-
-
-def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> SkipResult:
+def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> PassReport:
     """Rewrite ``structure.graph`` in place per ``plan``; returns what changed per layer."""
     graph = structure.graph
     if plan.num_layers != len(structure.layers):
         raise RewriteError(f"the plan has {plan.num_layers} layers but the graph has {len(structure.layers)}")
     builder = Builder(graph, "vskip")
-    names = row_inputs_for(plan)
+    names = row_inputs(plan)
     subsets = {name: RowSubset(graph, builder, name) for name in names}
-    result = SkipResult(row_inputs=names)
+    result = PassReport(SkipVisualRows.name)
     rewrite = _Rewrite(graph, builder, structure)
     previous: tuple[LayerMatch, Action] | None = None
     for layer, action in zip(structure.layers, plan.actions):
@@ -94,7 +85,9 @@ def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> SkipResult:
             rewrite.run = None
         if action is Action.FULL:
             continue
-        name = SUFFIX_ROWS if action is Action.FREEZE and SUFFIX_ROWS in subsets else TEXT_ROWS
+        # One row set per layer: the rewrite gathers the live rows once for both branches.
+        kind = next(rows for rows in plan.live_rows(layer.index) if rows is not Rows.ALL)
+        name = ROW_INPUT[kind]
         before = builder.nodes_added
         note = rewrite.layer(layer, action, subsets[name])
         result.layers.append(LayerChange(layer.index, action, name, builder.nodes_added - before, note))

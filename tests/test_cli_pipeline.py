@@ -12,7 +12,7 @@ from helpers import feeds_numpy
 from vskip_compile.cli import main
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.wrappers import PrefillDecoder, prefill_input_names
-from vskip_compile.runner import make_session, run_session
+from vskip_compile.backends import open_session
 
 PLAN = {"format": "vskip-plan", "version": 1, "model": {"family": "qwen2_vl", "num_layers": 4},
         "layers": {"1": "skip_visual_attention", "2": "skip_visual_ffn", "3": "freeze"}}
@@ -30,7 +30,7 @@ def test_export_from_a_checkpoint_directory(tmp_path):
     assert not (tmp_path / "out" / "decode.onnx").exists()
     prompt = synthetic_prompt(loaded.family, loaded.config, [3, "image", 4], seed=2)
     inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
-    got = run_session(make_session(tmp_path / "out" / "prefill.onnx"), feeds_numpy(inputs.feeds))
+    got = open_session(tmp_path / "out" / "prefill.onnx").run(feeds_numpy(inputs.feeds))
     with torch.no_grad():
         want = PrefillDecoder(loaded.family, loaded.model)(*(inputs.feeds[n] for n in prefill_input_names(loaded.family)))
     np.testing.assert_allclose(got["logits"], want[0].numpy(), atol=1e-4, rtol=0)
@@ -42,7 +42,7 @@ def compiled(exported, tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(PLAN))
     out = source.parent / f"cli-{tmp_path.name}.onnx"
     assert main(["compile", str(source), "--plan", str(tmp_path / "plan.json"), "-o", str(out), "--report",
-                 "--visual-rows", "24", "--text-rows", "8"]) == 0
+                 "--rows", "32", "--visual-rows", "0:24"]) == 0
     yield source, out, tmp_path / "plan.json"
     for path in (out, out.with_suffix(".flops.json"), out.with_suffix(".flops.png")):
         path.unlink(missing_ok=True)
@@ -51,7 +51,7 @@ def compiled(exported, tmp_path):
 def test_compile_report_writes_json_and_plot(compiled, capsys):
     source, out, _ = compiled
     report = json.loads(out.with_suffix(".flops.json").read_text())
-    assert report["workload"] == {"sequence_length": 32, "visual_rows": 24, "text_rows": 8}
+    assert report["workload"] == {"sequence_length": 32, "visual_rows": 24, "text_rows": 8, "visual_ranges": "0:24"}
     assert report["ideal_speedup"] == pytest.approx(report["vanilla"]["total"] / report["required"]["total"])
     assert report["executed_speedup"] == pytest.approx(report["vanilla"]["total"] / report["compiled"]["total"])
     assert report["required"]["plan"] == ["full", "skip_visual_attention", "skip_visual_ffn", "freeze"]
@@ -62,7 +62,7 @@ def test_compile_report_writes_json_and_plot(compiled, capsys):
 def test_validate_passes_on_the_compiled_graph_and_fails_on_a_mismatch(compiled, capsys):
     source, out, plan = compiled
     capsys.readouterr()
-    assert main(["validate", str(out), "--json"]) == 0
+    assert main(["validate", str(out), "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["plan"] == ["full", "skip_visual_attention", "skip_visual_ffn", "freeze"]
     assert report["smallest_passing_atol"] <= 1e-4
@@ -75,7 +75,7 @@ def test_validate_passes_on_the_compiled_graph_and_fails_on_a_mismatch(compiled,
 def test_flops_compare(compiled, capsys):
     source, out, _ = compiled
     capsys.readouterr()
-    assert main(["flops", str(source), "--compare", str(out), "--visual-rows", "24", "--text-rows", "8", "--json"]) == 0
+    assert main(["flops", str(source), "--compare", str(out), "--rows", "32", "--visual-rows", "0:24", "--json", "-"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ideal_speedup"] == pytest.approx(data["vanilla"]["total"] / data["required"]["total"])
     assert data["executed_speedup"] == pytest.approx(data["vanilla"]["total"] / data["compiled"]["total"])

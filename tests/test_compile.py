@@ -18,14 +18,15 @@ from hypothesis import strategies as st
 
 from conftest import FAMILIES, tiny_model
 from helpers import FP32_ATOL, assert_cache_close, assert_close, feeds_numpy
-from vskip_compile.compile import compile_model, row_input_names
-from vskip_compile.errors import VskipError
+from vskip_compile.compile import compile_model
+from vskip_compile.core.graph_io import row_input_names
+from vskip_compile.core.errors import VskipError
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.reference import skip_reference
 from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
-from vskip_compile.plan import Action, FreezeScope, Plan
-from vskip_compile.runner import make_session, run_session
-from vskip_compile.visual_rows import row_feeds, visual_rows_from_ids
+from vskip_compile.core.plan import Action, FreezeScope, Plan
+from vskip_compile.backends import open_session
+from vskip_compile.core.visual_rows import row_feeds, visual_rows_from_ids
 
 LAYOUTS = {
     "middle": [3, "image", 4],
@@ -50,9 +51,9 @@ def fixed_plans(num_layers: int) -> list[Plan]:
 
 
 def run_compiled(path, feeds: dict, visual: np.ndarray) -> dict:
-    session = make_session(path)
-    names = [i.name for i in session.get_inputs() if i.name.startswith("vskip_")]
-    return run_session(session, {**feeds_numpy(feeds), **row_feeds(visual, names)})
+    session = open_session(path)
+    names = [i.name for i in session.inputs if i.name.startswith("vskip_")]
+    return session.run({**feeds_numpy(feeds), **row_feeds(visual, names)})
 
 
 def reference(loaded, plan: Plan, inputs, visual: np.ndarray):
@@ -104,7 +105,7 @@ def test_empty_plan_is_numerically_identical(exported, tmp_path):
         inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
         visual = visual_rows_from_ids(prompt.input_ids, loaded.family.image_token_id(loaded.config))
         got = run_compiled(out, inputs.feeds, visual)
-        want = run_session(make_session(source), feeds_numpy(inputs.feeds))
+        want = open_session(source).run(feeds_numpy(inputs.feeds))
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
@@ -124,7 +125,7 @@ def test_rewrite_fires_and_keeps_the_cache_outputs(exported, tmp_path):
     assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
     assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input] + ["vskip_text_rows"]
     assert not {"NonZero", "GatherND"} & (set(ops) - {n.op_type for n in before.graph.node})
-    assert set(report.nodes_added_per_layer) == {1, 2, 3}
+    assert {change.index for change in report.passes[0].layers} == {1, 2, 3}
     assert row_input_names(after) == ["vskip_text_rows"]
 
 
@@ -150,7 +151,7 @@ def test_frozen_runs_write_the_stream_back_once(opset, exported, tmp_path):
     for label, (plan, runs, followers) in plans.items():
         out = tmp_path / f"{label.replace(' ', '_')}.onnx"
         report = compile_model(source, plan, out)
-        assert report.notes == {i: "K/V from the run's input" for i in followers}, label
+        assert {c.index: c.note for c in report.passes[0].layers if c.note} == {i: "K/V from the run's input" for i in followers}, label
         later_layers = len(followers)
         model = onnx.load(out)
         ranks = _scatter_ranks(model)
@@ -222,14 +223,14 @@ def test_compiled_prefill_then_untouched_decode_matches_reference_generation(ops
     ort_cache, ref_cache = [got[n] for n in names], list(want[1:])
     ort_token = ref_token = int(got["logits"][0, -1].argmax())
     assert ort_token == int(want[0][0, -1].argmax())
-    decode, step = make_session(directory / "decode.onnx"), DecodeStep(loaded.family, loaded.model)
+    decode, step = open_session(directory / "decode.onnx"), DecodeStep(loaded.family, loaded.model)
     mask = prompt.attention_mask
     for i in range(4):
         mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
         positions = loaded.family.decode_position_ids(inputs.feeds["position_ids"], torch.full((1, 1), i))
         feeds = {"input_ids": np.array([[ort_token]]), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
         feeds.update({f"past_key_values.{n[len('present.'):]}": c for n, c in zip(names, ort_cache)})
-        out_step = run_session(decode, feeds)
+        out_step = decode.run(feeds)
         with torch.no_grad():
             ref_step = step(torch.tensor([[ref_token]]), mask, positions, *ref_cache)
         assert_close(out_step["logits"], ref_step[0], what=f"decode step {i}")

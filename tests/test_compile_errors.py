@@ -198,7 +198,7 @@ def test_validate_without_sidecar_needs_model(workdir, capsys):
 
 def test_every_tensor_external_and_another_working_directory(exported, tmp_path, monkeypatch):
     """Small constants the rewrite reads may live in external data too; paths are the model's."""
-    from vskip_compile.runner import make_session
+    from vskip_compile.backends import open_session
 
     source = tmp_path / "src"
     source.mkdir()
@@ -209,5 +209,5 @@ def test_every_tensor_external_and_another_working_directory(exported, tmp_path,
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["compile", str(source / "prefill.onnx"), "--plan", str(tmp_path / "plan.json")]) == 0
-    session = make_session(source / "prefill.vskip.onnx")
-    assert "vskip_text_rows" in [i.name for i in session.get_inputs()]
+    session = open_session(source / "prefill.vskip.onnx")
+    assert "vskip_text_rows" in [i.name for i in session.inputs]

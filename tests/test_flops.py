@@ -16,9 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_model
 from vskip_compile.compile import compile_model
-from vskip_compile.flops import (FlopsError, count_flops, format_comparison, ideal_speedup, plan_flops, save_plot,
-                                 _matmul_flops)
-from vskip_compile.plan import Action, FreezeScope, Plan
+from vskip_compile.flops import FlopsError, count_flops, format_comparison, ideal_speedup, plan_flops, save_plot
+from vskip_compile.flops.count import _matmul_flops
+from vskip_compile.core.plan import Action, FreezeScope, Plan
 
 # ----------------------------------------------------------------------- a hand-built layer
 

@@ -20,13 +20,13 @@ from conftest import FAMILIES, tiny_model
 from foreign_exports import graph_feeds, legacy_export, text_model_kwargs, transformers_export
 from helpers import assert_close, feeds_numpy
 from vskip_compile.compile import compile_model
-from vskip_compile.errors import VskipError
+from vskip_compile.core.errors import VskipError
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.reference import skip_reference
 from vskip_compile.models.wrappers import PrefillDecoder, output_names, prefill_input_names
-from vskip_compile.plan import Action, Plan
-from vskip_compile.runner import make_session, run_session
-from vskip_compile.visual_rows import row_feeds, visual_rows_from_ids
+from vskip_compile.core.plan import Action, Plan
+from vskip_compile.backends import open_session
+from vskip_compile.core.visual_rows import row_feeds, visual_rows_from_ids
 
 EXPORTERS = ("transformers", "legacy")
 TRANSFORMERS_OPSET = 20
@@ -117,7 +117,7 @@ def _run_source(source, loaded, exporter: str, graph_inputs: dict, feeds: dict, 
     """The exporter's graph on ONNX Runtime, checked against PyTorch without a plan, so a
     later mismatch is vskip's and an exporter's own fault is reported as one."""
     try:
-        got = run_session(make_session(source), graph_inputs)
+        got = open_session(source).run(graph_inputs)
     except VskipError as exc:
         raise ExporterError(str(exc)) from None
     want = _reference(loaded, exporter, Plan.empty(len(loaded.family.decoder_layers(loaded.model))), feeds, visual)
@@ -140,15 +140,15 @@ def test_foreign_graph_compiles_and_matches_reference(family, exporter, foreign,
     plan = _mixed_plan(len(loaded.family.decoder_layers(loaded.model)))
     out = tmp_path / "c.onnx"
     report = compile_model(source, plan, out)
-    assert set(report.nodes_added_per_layer) == {0, 1, 2, 3}
+    assert {change.index for change in report.passes[0].layers} == {0, 1, 2, 3}
     before = Counter(n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node)
     after = Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
     for op in DATA_DEPENDENT:
         assert after[op] == before[op], f"{op}: {before[op]} in the source, {after[op]} compiled"
 
-    session = make_session(out)
-    rows = row_feeds(visual, [i.name for i in session.get_inputs() if i.name.startswith("vskip_")])
-    got = run_session(session, {**feeds, **rows})
+    session = open_session(out)
+    rows = row_feeds(visual, [i.name for i in session.inputs if i.name.startswith("vskip_")])
+    got = session.run({**feeds, **rows})
     want = _reference(loaded, exporter, plan, inputs.feeds, visual)
     assert len([n for n in want if n not in ("logits", "last_hidden_state")]) == 2 * len(plan.actions)
     # outputs no plan touches (Gemma3's _sliding_window_tensor) must pass through as they were
@@ -164,7 +164,7 @@ def test_reference_differs_from_the_unskipped_model(foreign):
     loaded = tiny_model("qwen3_vl")
     source = foreign("qwen3_vl", "transformers")
     inputs, visual = _prompt(loaded)
-    full = run_session(make_session(source), feeds_numpy(graph_feeds(source, loaded.family, inputs.feeds)))
+    full = open_session(source).run(feeds_numpy(graph_feeds(source, loaded.family, inputs.feeds)))
     skipped = _reference(loaded, "transformers", _mixed_plan(4), inputs.feeds, visual)
     with pytest.raises(AssertionError, match="max abs error"):
         assert_close(full["last_hidden_state"], skipped["last_hidden_state"], what="unskipped vs skipped")

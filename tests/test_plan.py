@@ -7,8 +7,8 @@ from importlib import resources
 
 import pytest
 
-from vskip_compile.errors import VskipError
-from vskip_compile.plan import Action, FreezeScope, Plan, PlanError, load_plan, to_json
+from vskip_compile.core.errors import VskipError
+from vskip_compile.core.plan import Action, FreezeScope, Plan, PlanError, load_plan, to_json
 
 F, A, N, Z = Action.FULL, Action.SKIP_ATTENTION, Action.SKIP_FFN, Action.FREEZE
 

@@ -22,7 +22,7 @@ import argparse
 import math
 from pathlib import Path
 
-from vskip_compile.plan import Action, Plan, load_plan, to_json
+from vskip_compile.core.plan import Action, Plan, load_plan, to_json
 
 PLANS_DIR = Path(__file__).resolve().parent.parent / "vskip_compile" / "plans"
 OPSKIP_PRESET = PLANS_DIR / "opskip_qwen3vl8b_preset20.json"

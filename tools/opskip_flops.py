@@ -13,7 +13,8 @@ then compiles it with ``vskip_compile/plans/opskip_qwen3vl8b_preset20.json``.
 
 ``curve`` counts both graphs with ``vskip_compile.flops.count_flops`` at several prompt
 layouts, checks every count against the DESIGN.md section 6 formula with the skip
-semantics (section 2), prints the FLOPs reduction as a function of the visual/text mix,
+semantics of section 2 (``vskip_compile.flops.analytic_flops``, the one copy of it that
+``vskip bench`` uses too), prints the FLOPs reduction as a function of the visual/text mix,
 finds the mixes that give OpSkip's 33.7% (also if attention products were counted causally,
 as FlashAttention-style kernels compute them), and writes ``flops_curve.json`` and
 ``flops_preset20.png`` into the output directory.
@@ -114,7 +115,7 @@ def export(out: Path) -> Path:
     import torch
 
     from vskip_compile.models.export import _prefill_dynamic_shapes, describe
-    from vskip_compile.sidecar import SIDECAR
+    from vskip_compile.core.sidecar import SIDECAR
     from vskip_compile.models.family import get_family
     from vskip_compile.models.loading import LoadedModel
     from vskip_compile.models.wrappers import PrefillDecoder, output_names, prefill_input_names
@@ -149,9 +150,7 @@ def export(out: Path) -> Path:
     ir.save(program.model, out / "prefill.onnx")
     with open(out / data, "wb") as handle:
         handle.truncate(offset)  # sparse: compile_model checks the file covers every reference
-    sidecar = describe(loaded, 20, False)
-    del sidecar["decode"]
-    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    (out / SIDECAR).write_text(describe(loaded, 20, False, decode=False).to_json())  # prefill only
     print(f"wrote {out / 'prefill.onnx'} ({offset / 2**30:.1f} GiB of weights referenced, none written)")
 
     from vskip_compile.compile import compile_model
@@ -163,37 +162,19 @@ def export(out: Path) -> Path:
 
 # ----------------------------------------------------------------------- analytic cross-check
 
-def analytic_layer(action: str, S: int, V: int, U: int, scope: str, causal: bool = False) -> int:
-    """DESIGN.md section 6 per layer, with the rows each part runs on under section 2's semantics:
-    q/o projections and the n_q x S attention products for query rows, K/V for all S rows,
-    the FFN for its live rows. The products are the graph's full (masked) n_q x S; with
-    ``causal`` they count only the keys at or before each query (layout [visual][text]),
-    which is what a causal kernel computes, not what the graph does."""
-    d, m = TEXT["hidden_size"], TEXT["intermediate_size"]
-    dq = TEXT["num_attention_heads"] * TEXT["head_dim"]
-    dkv = TEXT["num_key_value_heads"] * TEXT["head_dim"]
-    T = S - V
-    frozen = U if scope == "prefix_through_visual" else T
-    n_attn, n_ffn = {"full": (S, S), "skip_visual_attention": (T, S), "skip_visual_ffn": (S, T),
-                     "freeze": (frozen, frozen)}[action]
-    if causal:  # query i (0-based) sees i + 1 keys; the n_attn queries are the last rows
-        products = 4 * dq * (S * (S + 1) - (S - n_attn) * (S - n_attn + 1)) // 2
-    else:
-        products = 4 * n_attn * S * dq
-    return 2 * n_attn * 2 * d * dq + 2 * S * 2 * d * dkv + products + 6 * n_ffn * d * m
+def layout(visual: int, text: int):
+    """The visual-row mask of the prompts here: [visual][text] (OpSkip's freeze scope is "visual")."""
+    import numpy as np
 
-
-def analytic_total(actions: list[str], S: int, V: int, U: int, scope: str, causal: bool = False) -> int:
-    head = 2 * TEXT["hidden_size"] * TEXT["vocab_size"]  # logits of the last position
-    return sum(analytic_layer(a, S, V, U, scope, causal) for a in actions) + head
+    return np.r_[np.ones(visual, dtype=bool), np.zeros(text, dtype=bool)]
 
 
 def curve(out: Path) -> None:
-    from vskip_compile.flops import count_flops, ideal_speedup, plan_flops, save_plot
-    from vskip_compile.plan import load_plan
+    from vskip_compile.core.plan import Plan, load_plan
+    from vskip_compile.flops import analytic_flops, count_flops, ideal_speedup, plan_flops, save_plot
 
     plan, _ = load_plan(PLAN)
-    actions, scope = [a.value for a in plan.actions], plan.freeze_scope.value
+    actions, vanilla_plan = [a.value for a in plan.actions], Plan.empty(plan.num_layers)
     vanilla_path, compiled_path = out / "prefill.onnx", out / "preset20.onnx"
     # Inside a run of freeze layers the compiled graph recomputes the live rows' K/V in every
     # layer after the run's first (passes/skip_visual.py): work beyond the plan's.
@@ -202,14 +183,14 @@ def curve(out: Path) -> None:
     # Graph counts at a few layouts; each must equal the analytic formula exactly.
     points = []
     for visual, text in ((1116, 100), (1024, 64), (1024, 100), (1296, 80), (1480, 50), (788, 64), (645, 50)):
-        S, U = visual + text, text  # layout: [visual][text]; OpSkip's freeze scope here is "visual"
+        S = visual + text  # layout: [visual][text]
         t0 = time.perf_counter()
         vanilla = count_flops(vanilla_path, S, visual)
         compiled = count_flops(compiled_path, S, visual)
         required = plan_flops(vanilla, plan)
         seconds = time.perf_counter() - t0
-        for report, acts in ((vanilla, ["full"] * len(actions)), (required, actions)):
-            expected = analytic_total(acts, S, visual, U, scope)
+        for report, which in ((vanilla, vanilla_plan), (required, plan)):
+            expected = analytic_flops(TEXT, which, layout(visual, text))
             if report.total - report.other != expected:
                 raise SystemExit(f"graph count {report.total} != analytic {expected} at V={visual}, T={text}")
         recomputed = run_followers * 2 * (2 * text * d * dkv)
@@ -233,9 +214,8 @@ def curve(out: Path) -> None:
 
     # The reduction over the mix, from the formula the graph counts were just checked against.
     def reduction(V, T, causal=False):
-        S = V + T
-        full = analytic_total(["full"] * len(actions), S, V, T, scope, causal)
-        return 1 - analytic_total(actions, S, V, T, scope, causal) / full
+        mask = layout(V, T)
+        return 1 - analytic_flops(TEXT, plan, mask, causal) / analytic_flops(TEXT, vanilla_plan, mask, causal)
 
     grid = {T: {V: reduction(V, T) for V in range(256, 2049, 128)} for T in (32, 50, 64, 100, 150, 200)}
     print("\nreduction (graph work) by visual rows V (columns) and text rows T (rows):")

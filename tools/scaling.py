@@ -29,19 +29,22 @@ def main(argv=None) -> int:
     parser.add_argument("--replot", action="store_true", help="redraw --plot from an existing --json; no timing")
     args = parser.parse_args(argv)
     if args.replot:
-        from vskip_compile.files import read_json
+        from vskip_compile.core.files import read_json
 
         _plot(read_json(args.json, "scaling results")["points"], args.plot)
         return 0
 
     if not (args.model and args.plan):
         parser.error("--model and --plan are required unless --replot")
-    from vskip_compile.bench import run_bench
-    from vskip_compile.files import Outputs
+    from vskip_compile.bench import MAX_ROWS, run_bench
+    from vskip_compile.core.visual_rows import workload
+    from vskip_compile.core.files import Outputs
 
     points = []
     for visual in args.visual:
-        result = run_bench(args.model, [args.plan], visual_rows=visual, text_rows=args.text,
+        prefix = args.text // 4  # the layout bench used by default: a quarter of the text before the image
+        layout = workload(visual + args.text, f"{prefix}:{prefix + visual}", MAX_ROWS)
+        result = run_bench(args.model, [args.plan], visual=layout,
                            threads=args.threads, warmup=args.warmup, rounds=args.rounds,
                            progress=lambda m: print(m, file=sys.stderr))
         plan = result["plans"][0]

@@ -1,8 +1,17 @@
-"""The ``vskip`` command line: one subcommand per job.
+"""The ``vskip`` command line: one subcommand per job, in the style of Polygraphy's tools.
 
-User errors (VskipError) print one line and exit 2; nothing else is caught, so bugs keep
-their tracebacks. Heavy imports (torch, transformers) happen inside the subcommands that
-need them, so ``vskip --help`` and graph-only commands start fast.
+Every subcommand is a class whose docstring is its help text (with an example), and
+every argument has a help line. One vocabulary across subcommands:
+
+- ``--visual-rows RANGES`` is always the visual rows as half-open ranges (``5:21,30:46``);
+  ``--rows N`` is the prompt length where no feeds give it (flops, bench, compile --report);
+- ``--json PATH`` writes a report as JSON, ``--json -`` prints it to stdout (and nothing else);
+- ``--backend NAME`` picks where a graph runs (run, validate, bench);
+- ``--force`` lets a command replace its own earlier outputs, never its inputs.
+
+A flag that has no effect in the given combination is an error. Failures are one line:
+exit 2 for bad input or usage, 1 for a validation that ran and failed. Heavy imports
+(torch, transformers) happen inside the subcommands that need them.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import VskipError
-from .files import Terminated, one_line, escape, is_disk_full, signals_raise
-from .plan import Action
+from .core.errors import VskipError
+from .core.files import Terminated, escape, is_disk_full, one_line, signals_raise
+
+# Prompt sizes a FLOPs workload may describe: counts, not allocations, but a bound keeps
+# the numbers meaningful and the arithmetic in range.
+MAX_WORKLOAD_ROWS = 2**20
 
 
 class Command:
@@ -31,25 +43,108 @@ class Command:
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- shared options
+
+def add_json(parser, what: str) -> None:
+    parser.add_argument("--json", metavar="PATH", help=f"write {what} as JSON to PATH ('-': print it to stdout "
+                                                       "instead of the table)")
+
+
+def add_rows(parser, what: str) -> None:
+    from .core.visual_rows import DEFAULT_ROWS, DEFAULT_VISUAL_RANGES
+
+    parser.add_argument("--rows", type=int, metavar="N",
+                        help=f"rows (tokens) of the {what} prompt (default {DEFAULT_ROWS})")
+    parser.add_argument("--visual-rows", metavar="RANGES",
+                        help=f"visual rows of the {what} prompt, half-open ranges (default {DEFAULT_VISUAL_RANGES}: "
+                             "16 text rows, a 1024-row image, 48 text rows)")
+
+
+def add_backend(parser, repeat: bool = False) -> None:
+    from .backends import DEFAULT, help_text
+
+    if repeat:
+        parser.add_argument("--backend", action="append", metavar="NAME",
+                            help=f"where to run; repeat to time several side by side (default {DEFAULT}). "
+                                 + help_text())
+    else:
+        parser.add_argument("--backend", default=DEFAULT, metavar="NAME",
+                            help=f"where to run (default {DEFAULT}). " + help_text())
+
+
+def add_force(parser, what: str) -> None:
+    parser.add_argument("--force", action="store_true", help=f"replace {what} if it exists (never an input)")
+
+
+def workload(args):
+    """The visual-row mask of the prompt --rows / --visual-rows describe."""
+    from .core.visual_rows import workload as mask
+
+    return mask(args.rows, args.visual_rows, MAX_WORKLOAD_ROWS)
+
+
+class Report:
+    """Where a command's JSON goes: claimed with the command's other outputs, before any work."""
+
+    def __init__(self, path: str | None, inputs: list, force: bool):
+        from .core.files import Outputs
+
+        self.path = path
+        self.outputs = Outputs([p for p in inputs if p], force=force)
+        if path not in (None, "-"):
+            self.outputs.claim(path, "JSON report")
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.path == "-"
+
+    def table(self, text: str) -> None:
+        """The human-readable report: on stdout unless the JSON goes there."""
+        if not self.to_stdout:
+            print(text)
+
+    def emit(self, data: dict, files: dict | None = None) -> None:
+        """Write the JSON (to its file or stdout) and ``files`` (path -> bytes, claimed
+        beforehand) in one transaction: all of them or none."""
+        files = files or {}
+        if self.path is not None and self.to_stdout:
+            sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        elif self.path is not None:
+            files = {self.path: (json.dumps(data, indent=2) + "\n").encode(), **files}
+        if not files:
+            return
+        with self.outputs:
+            for path, content in files.items():
+                self.outputs.write_bytes(path, content)
+            self.outputs.commit()
+        _progress(f"wrote {', '.join(str(p) for p in files)}")
+
+
+# --------------------------------------------------------------------------- subcommands
+
 class Export(Command):
     """Export an MLLM's decoder to ONNX: prefill.onnx, decode.onnx and the vskip.json sidecar.
 
     SOURCE is a transformers checkpoint directory (config.json + safetensors) or a tiny
     preset with seeded random weights, tiny:<model_type>.
+
+    Example:
+      vskip export tiny:qwen2_vl -o out/q2 --opset 23
     """
 
     name = "export"
 
     def add_arguments(self, parser):
         parser.add_argument("source", metavar="SOURCE", help="checkpoint directory or tiny:<model_type>")
-        parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+        parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                            help="export directory (created; its parent must exist)")
         parser.add_argument("--opset", type=int, default=20, choices=(20, 23),
                             help="20: decomposed attention (default); 23: Attention + RMSNormalization ops")
         parser.add_argument("--all-logits", action="store_true",
                             help="output logits for every position (default: last position only)")
         parser.add_argument("--prefill-only", action="store_true", help="skip decode.onnx (compiling needs only prefill)")
         parser.add_argument("--seed", type=int, default=0, help="seed of a tiny preset's random weights")
-        parser.add_argument("--force", action="store_true", help="overwrite an existing export in DIR")
+        add_force(parser, "an existing export in DIR")
 
     def run(self, args):
         from .models.export import export_model
@@ -59,35 +154,299 @@ class Export(Command):
         return 0
 
 
-class Run(Command):
-    """Run an ONNX graph on ONNX Runtime CPU.
+class Inspect(Command):
+    """Find every decoder layer of an ONNX graph by structure and print a table of them.
 
-    FEEDS.npz holds the graph's inputs by name; OUT.npz receives its outputs by name.
+    Example:
+      vskip inspect out/q2/prefill.onnx --json -
+    """
+
+    name = "inspect"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx", help="a decoder prefill graph")
+        add_json(parser, "the layers found")
+        add_force(parser, "the --json file")
+
+    def run(self, args):
+        from .core.graph_io import load_graph
+        from .passes.locate import format_table, locate_model
+
+        report = Report(args.json, [args.model], args.force)
+        structure = locate_model(load_graph(args.model))
+        report.table(format_table(structure))
+        report.emit({"model": args.model, "layers": [_layer_dict(layer) for layer in structure.layers]})
+        return 0
+
+
+def _layer_dict(layer) -> dict:
+    return {"layer": layer.index, "attention": layer.kind, "o_proj": layer.o_proj.name,
+            "down_proj": layer.down_proj.name,
+            "present_key": layer.present_key.name if layer.present_key is not None else None,
+            "present_value": layer.present_value.name if layer.present_value is not None else None,
+            "module": layer.module_path}
+
+
+class Compile(Command):
+    """Compile a decoder graph with a skip plan: skip the visual rows' attention / FFN per layer.
+
+    PLAN.json is a vskip plan or an OpSkip policy file. The compiled graph takes the same
+    inputs as MODEL.onnx plus the live-row inputs (vskip_text_rows, and vskip_suffix_rows
+    for freeze_scope prefix_through_visual); see `vskip run --visual-rows`. Prints the
+    layers found and every pass's changes; --report adds FLOPs before and after.
+
+    Example:
+      vskip-compile out/q2/prefill.onnx --plan vskip_compile/plans/example_tiny.json -o out/q2/c.onnx --report
+    """
+
+    name = "compile"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx", help="a decoder prefill graph (not compiled)")
+        parser.add_argument("--plan", required=True, metavar="PLAN.json", help="a vskip plan or an OpSkip policy")
+        parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL")
+        parser.add_argument("--report", action="store_true",
+                            help="count FLOPs before and after: print the table and the ideal speedup, write "
+                                 "OUT.flops.json and a per-layer plot OUT.flops.png")
+        add_rows(parser, "--report")
+        add_json(parser, "the compile report (layers, passes, nodes)")
+        add_force(parser, "OUT.onnx, its weights and report files")
+
+    def run(self, args):
+        from .compile import compile_model
+
+        if not args.report and (args.rows, args.visual_rows) != (None, None):
+            raise VskipError("--rows and --visual-rows describe the --report workload; add --report")
+        visual = workload(args) if args.report else None
+        report_json = Report(args.json, [args.model, args.plan], args.force)
+        report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
+                               extra_outputs=report_files if args.report else None)
+        _progress(report.table)
+        for result in report.passes:
+            _progress(result.counts())
+            for change in result.layers:
+                _progress(f"  layer {change.index}: {change.action.value} ({change.nodes_added} nodes added"
+                          + (f"; {change.note})" if change.note else ")"))
+        _progress(report.summary())
+        data = report.to_dict()
+        if args.report:
+            sys.stderr.flush()
+            data["flops"] = _flops_report(args.model, report.output, visual, report.plan, args.force,
+                                          print_table=not report_json.to_stdout)
+        report_json.emit(data)
+        return 0
+
+
+def report_files(compiled_path) -> list[Path]:
+    """The --report files of a compiled graph: OUT.flops.json and OUT.flops.png, beside it."""
+    stem = Path(compiled_path).with_suffix("")
+    return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
+
+
+def _workload_dict(visual) -> dict:
+    from .core.visual_rows import format_ranges
+
+    return {"sequence_length": int(visual.size), "visual_rows": int(visual.sum()),
+            "text_rows": int(visual.size - visual.sum()), "visual_ranges": format_ranges(visual)}
+
+
+def _flops_report(vanilla_path, compiled_path, visual, plan, force: bool, print_table: bool) -> dict:
+    from .core.files import Outputs
+    from .flops import compare_flops
+
+    # the plan just compiled: no need to read it back from the file
+    comparison = compare_flops(vanilla_path, compiled_path, visual, plan, workload=_workload_dict(visual))
+    if print_table:
+        print(comparison.table())
+    data = comparison.to_dict()
+    json_path, png_path = report_files(compiled_path)
+    with Outputs([vanilla_path, compiled_path], force=force) as outputs:
+        outputs.write_text(json_path, json.dumps(data, indent=2) + "\n")
+        outputs.write_bytes(png_path, comparison.plot_png())
+        outputs.commit()
+    _progress(f"wrote {json_path} and {png_path}")
+    return data
+
+
+class Flops(Command):
+    """Count a decoder graph's FLOPs per layer, operator class and row class (weights not needed).
+
+    With --compare COMPILED, also count the compiled graph, and print the ideal speedup
+    FLOPs(MODEL) / FLOPs the compiled graph's plan requires, beside what the compiled graph
+    computes. Matrix products only (MatMul, Gemm, Attention); elementwise work is not counted.
+
+    Example:
+      vskip flops out/q2/prefill.onnx --compare out/q2/c.onnx --rows 1088 --visual-rows 16:1040
+    """
+
+    name = "flops"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx", help="a decoder prefill graph")
+        parser.add_argument("--compare", metavar="COMPILED.onnx", help="a graph vskip compiled from MODEL")
+        add_rows(parser, "counted")
+        add_json(parser, "the counts")
+        parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
+        add_force(parser, "the --json and --plot files")
+
+    def run(self, args):
+        from .flops import compare_flops, count_flops, mask_layout
+
+        if args.plot and not args.compare:
+            raise VskipError("--plot draws vanilla against compiled: add --compare COMPILED.onnx")
+        visual = workload(args)
+        report = Report(args.json, [args.model, args.compare], args.force)
+        if args.plot:
+            report.outputs.claim(args.plot, "plot")  # before the counting: a bad name costs nothing
+        if not args.compare:
+            counted = count_flops(args.model, **mask_layout(visual))
+            report.table(counted.format_table())
+            report.emit({"workload": _workload_dict(visual), **counted.to_dict()})
+            return 0
+        comparison = compare_flops(args.model, args.compare, visual, workload=_workload_dict(visual))
+        report.table(comparison.table())
+        report.emit(comparison.to_dict(), {args.plot: comparison.plot_png()} if args.plot else None)
+        return 0
+
+
+class Validate(Command):
+    """Compare a graph (compiled or vanilla) with the PyTorch skip reference under a skip plan.
+
+    The graph runs on --backend; the reference is the model the graph was exported from
+    (the vskip.json sidecar beside it) unless --model names one. The plan is --plan, else
+    the one a compiled graph records, else the empty plan. Prints per output the max and
+    mean absolute and relative error and the smallest tolerance that would pass. Exits 0
+    when every output is within --atol, 1 otherwise.
+
+    Example:
+      vskip validate out/q2/c.onnx --json out/validate.json
+    """
+
+    name = "validate"
+
+    def add_arguments(self, parser):
+        parser.add_argument("graph", metavar="GRAPH.onnx", help="a graph vskip exported or compiled")
+        parser.add_argument("--plan", metavar="PLAN.json", help="the plan the reference follows (default: the "
+                                                                "graph's recorded plan, else none)")
+        parser.add_argument("--model", metavar="SOURCE", help="the reference model: checkpoint directory or "
+                                                              "tiny:<model_type> (default: the sidecar's source)")
+        parser.add_argument("--inputs", metavar="FEEDS.npz", help="feeds to use instead of a generated prompt")
+        parser.add_argument("--visual-rows", metavar="RANGES", help="visual rows of --inputs, e.g. 5:21,30:46")
+        parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4, fp32)")
+        add_backend(parser)
+        add_json(parser, "the report")
+        add_force(parser, "the --json file")
+
+    def run(self, args):
+        from .validate import validate
+
+        report = Report(args.json, [args.graph, args.plan, args.inputs], args.force)
+        result = validate(args.graph, args.plan, args.model, args.inputs, args.visual_rows, args.atol,
+                          backend=args.backend)
+        report.table(result.table())
+        report.emit(json.loads(result.to_json()))
+        return 0 if result.passed else 1
+
+
+class Bench(Command):
+    """Time a prefill graph against its compiled versions, side by side.
+
+    Each --plan is compiled from MODEL.onnx (an export with its vskip.json sidecar). The
+    vanilla graph and every compiled graph run on every --backend in one process, on random
+    inputs of --rows rows with images at --visual-rows: warm-up runs, then rounds in which
+    every config runs once, in an order that rotates between rounds. Prints per config the
+    median and spread and per plan the speedup, the paired (same-round) speedup, the ideal
+    speedup from FLOPs and the share of it realized.
+
+    Example:
+      vskip bench out/q2/prefill.onnx --plan vskip_compile/plans/example_tiny.json --rows 64 --visual-rows 8:40 --backend ort-cpu --backend torch
+    """
+
+    name = "bench"
+
+    def add_arguments(self, parser):
+        from .bench import DEFAULT_ROUNDS, DEFAULT_WARMUP
+
+        parser.add_argument("model", metavar="MODEL.onnx", help="a prefill graph from vskip export (not compiled)")
+        parser.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
+                            help="a vskip plan or OpSkip policy; repeat for several")
+        parser.add_argument("--compiled", action="append", default=[], metavar="COMPILED.onnx",
+                            help="a graph vskip already compiled from MODEL (e.g. by another version), timed as "
+                                 "it is under the plan it records; repeat for several")
+        add_rows(parser, "benchmark")
+        add_backend(parser, repeat=True)
+        parser.add_argument("--threads", type=int, help="intra-op threads of every backend (default: all cores)")
+        parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                            help=f"warm-up runs per config (default {DEFAULT_WARMUP})")
+        parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"timed rounds (default {DEFAULT_ROUNDS})")
+        parser.add_argument("--workdir", metavar="DIR",
+                            help="keep the compiled graphs here (default: beside MODEL, removed afterwards)")
+        parser.add_argument("--sidecar", metavar="FILE.json",
+                            help="the model's dims (vskip.json fields) when MODEL has no vskip.json beside it")
+        add_json(parser, "the full result")
+        parser.add_argument("--markdown", metavar="PATH", help="write a section for docs/benchmarks.md ('-': stdout)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        add_force(parser, "the --json / --markdown files and, in --workdir, compiled graphs")
+
+    def run(self, args):
+        from .bench import DEFAULT_BACKENDS, MAX_ROWS, format_table, run_bench, to_markdown
+        from .core.visual_rows import workload as mask
+
+        files = {"json": args.json, "markdown": args.markdown}
+        if args.json == "-" and args.markdown == "-":
+            raise VskipError("--json - and --markdown - would both print to stdout; write one of them to a file")
+        visual = mask(args.rows, args.visual_rows, MAX_ROWS)
+        result = run_bench(args.model, args.plan, visual=visual, backends=args.backend or DEFAULT_BACKENDS,
+                           threads=args.threads, warmup=args.warmup, rounds=args.rounds, workdir=args.workdir,
+                           sidecar=args.sidecar, seed=args.seed, progress=_progress,
+                           json_path=None if files["json"] == "-" else files["json"],
+                           markdown_path=None if files["markdown"] == "-" else files["markdown"],
+                           compiled_graphs=args.compiled, force=args.force)
+        if "-" in files.values():
+            sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json == "-" else to_markdown(result))
+        else:
+            print(format_table(result))
+        for path in files.values():
+            if path not in (None, "-"):
+                _progress(f"wrote {path}")
+        return 0
+
+
+class Run(Command):
+    """Run an ONNX graph on a backend: FEEDS.npz holds its inputs by name, OUT.npz gets its outputs.
+
+    For a compiled graph, give the prompt's visual rows with --visual-rows (or its row
+    inputs in the feeds).
+
+    Example:
+      vskip run out/q2/c.onnx --inputs out/feeds.npz --visual-rows 5:13,23:31 -o out/outputs.npz
     """
 
     name = "run"
 
     def add_arguments(self, parser):
-        parser.add_argument("model", metavar="MODEL.onnx")
-        parser.add_argument("--inputs", required=True, metavar="FEEDS.npz")
-        parser.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+        parser.add_argument("model", metavar="MODEL.onnx", help="any ONNX graph")
+        parser.add_argument("--inputs", required=True, metavar="FEEDS.npz", help="the graph's inputs by name")
+        parser.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where the outputs go, by name")
         parser.add_argument("--visual-rows", metavar="RANGES",
                             help="visual rows of a compiled graph's prompt, as half-open ranges: 5:21,30:46")
-        parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-        parser.add_argument("--force", action="store_true", help="overwrite OUT.npz if it exists")
+        add_backend(parser)
+        parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+        add_force(parser, "OUT.npz")
 
     def run(self, args):
-        from .files import Outputs, check_threads, read_npz
-        from .runner import make_session, run_session
-        from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length
+        from .backends import get_backend
+        from .core.files import Outputs, check_threads, read_npz
+        from .core.visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length
 
         threads = check_threads(args.threads)
+        backend = get_backend(args.backend)
         outputs = Outputs([args.model, args.inputs], force=args.force)
         with outputs:
             outputs.claim(args.output, "outputs file")  # first: a refused output costs nothing
             feeds = read_npz(args.inputs)
-            session = make_session(args.model, threads, outputs=outputs)
-            wanted = [i.name for i in session.get_inputs() if i.name in ROW_INPUTS]
+            session = backend.load(Path(args.model), threads=threads, outputs=outputs, progress=_progress)
+            wanted = [spec.name for spec in session.inputs if spec.name in ROW_INPUTS]
             if args.visual_rows is not None:
                 if not wanted:
                     raise VskipError(f"{args.model}: not a compiled graph; --visual-rows applies only to compiled graphs")
@@ -98,271 +457,19 @@ class Run(Command):
                 feeds.update(row_feeds(parse_ranges(args.visual_rows, sequence_length(feeds)), wanted))
             elif wanted and not all(name in feeds for name in wanted):
                 raise VskipError(f"{args.model} is compiled: pass --visual-rows (or {', '.join(wanted)} in the feeds)")
-            result = run_session(session, feeds)
+            result = session.run(feeds)
             outputs.write_npz(args.output, result)
             outputs.commit()
-        _progress(f"wrote {len(result)} outputs to {args.output}")
-        return 0
-
-
-class Compile(Command):
-    """Compile a decoder graph with a skip plan: vskip-compile MODEL.onnx --plan PLAN.json [-o OUT.onnx].
-
-    PLAN.json is a vskip plan or an OpSkip policy file. The compiled graph takes the same
-    inputs as MODEL.onnx plus the live-row inputs (vskip_text_rows, and vskip_suffix_rows
-    for freeze_scope prefix_through_visual); see `vskip run --visual-rows`.
-    """
-
-    name = "compile"
-
-    def add_arguments(self, parser):
-        parser.add_argument("model", metavar="MODEL.onnx")
-        parser.add_argument("--plan", required=True, metavar="PLAN.json")
-        parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL")
-        parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists")
-        parser.add_argument("--report", action="store_true",
-                            help="count FLOPs before and after: print the table and the ideal speedup, write "
-                                 "OUT.flops.json and a per-layer plot OUT.flops.png")
-        parser.add_argument("--visual-rows", type=int, default=None, metavar="N",
-                            help="visual rows of the --report workload (default 1024)")
-        parser.add_argument("--text-rows", type=int, default=None, metavar="M",
-                            help="text rows of the --report workload, after the visual block (default 64)")
-
-    def run(self, args):
-        from .compile import compile_model
-
-        if not args.report and (args.visual_rows, args.text_rows) != (None, None):
-            raise VskipError("--visual-rows and --text-rows describe the --report workload; add --report")
-        args.visual_rows = 1024 if args.visual_rows is None else args.visual_rows
-        args.text_rows = 64 if args.text_rows is None else args.text_rows
-        if args.report:
-            check_workload(args.visual_rows, args.text_rows)
-        report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
-                               extra_outputs=report_files if args.report else None)
-        _progress(report.table)
-        for index, action in enumerate(report.actions):
-            if action is not Action.FULL:
-                note = report.notes.get(index)
-                _progress(f"layer {index}: {action.value} ({report.nodes_added_per_layer.get(index, 0)} nodes added"
-                          + (f"; {note})" if note else ")"))
-        _progress(report.summary())
-        if args.report:
-            sys.stderr.flush()
-            _flops_report(args.model, report.output, args.visual_rows, args.text_rows, report.plan, args.force)
-        return 0
-
-
-# Prompt sizes a FLOPs workload may describe: counts, not allocations, but a bound keeps
-# the numbers meaningful and the arithmetic in range.
-MAX_WORKLOAD_ROWS = 2**20
-
-
-def check_workload(visual_rows: int, text_rows: int) -> None:
-    if not 0 <= visual_rows <= MAX_WORKLOAD_ROWS:
-        raise VskipError(f"--visual-rows must be a row count in 0-{MAX_WORKLOAD_ROWS}, got {visual_rows}")
-    if not 1 <= text_rows <= MAX_WORKLOAD_ROWS:
-        raise VskipError(f"--text-rows must be a row count in 1-{MAX_WORKLOAD_ROWS} (at least one text row), "
-                         f"got {text_rows}")
-
-
-def report_files(compiled_path) -> list[Path]:
-    """The --report files of a compiled graph: OUT.flops.json and OUT.flops.png, beside it."""
-    stem = Path(compiled_path).with_suffix("")
-    return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
-
-
-def _flops_report(vanilla_path, compiled_path, visual_rows: int, text_rows: int, plan, force: bool) -> None:
-    from .files import Outputs
-    from .flops import count_flops, format_comparison, plan_flops, plot_png
-
-    rows = visual_rows + text_rows
-    vanilla = count_flops(vanilla_path, sequence_length=rows, visual_rows=visual_rows)
-    compiled = count_flops(compiled_path, sequence_length=rows, visual_rows=visual_rows)
-    required = plan_flops(vanilla, plan)  # the plan just compiled: no need to read it back from the file
-    print(format_comparison(vanilla, compiled, required))
-    data = {"workload": {"sequence_length": rows, "visual_rows": visual_rows, "text_rows": text_rows},
-            **_speedups(vanilla, compiled, required),
-            "vanilla": json.loads(vanilla.to_json()), "compiled": json.loads(compiled.to_json()),
-            "required": json.loads(required.to_json()) if required else None}
-    json_path, png_path = report_files(compiled_path)
-    with Outputs([vanilla_path, compiled_path], force=force) as outputs:
-        outputs.write_text(json_path, json.dumps(data, indent=2) + "\n")
-        outputs.write_bytes(png_path, plot_png(vanilla, compiled))
-        outputs.commit()
-    _progress(f"wrote {json_path} and {png_path}")
-
-
-def _required_flops(vanilla, compiled_path):
-    """The FLOPs the compiled graph's recorded plan requires, or None for an unmarked graph."""
-    from .flops import plan_flops, recorded_plan
-
-    plan = recorded_plan(compiled_path)
-    return None if plan is None else plan_flops(vanilla, plan)
-
-
-def _speedups(vanilla, compiled, required) -> dict:
-    """ideal_speedup: vanilla / what the plan requires (the compiled graph's own count for a
-    graph without a recorded plan); executed_speedup: vanilla / what the graph computes."""
-    from .flops import ideal_speedup
-
-    return {"ideal_speedup": ideal_speedup(vanilla, required or compiled),
-            "executed_speedup": ideal_speedup(vanilla, compiled)}
-
-
-class Flops(Command):
-    """Count a decoder graph's FLOPs per layer, operator class and row class (weights not needed).
-
-    With --compare COMPILED, also count the compiled graph, and print the ideal speedup
-    FLOPs(MODEL) / FLOPs the compiled graph's plan requires, beside what the compiled graph
-    computes. Matrix products only (MatMul, Gemm, Attention); elementwise work is not counted.
-    """
-
-    name = "flops"
-
-    def add_arguments(self, parser):
-        parser.add_argument("model", metavar="MODEL.onnx")
-        parser.add_argument("--compare", metavar="COMPILED.onnx")
-        parser.add_argument("--visual-rows", type=int, default=1024, metavar="N")
-        parser.add_argument("--text-rows", type=int, default=64, metavar="M", help="text rows after the visual block")
-        parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-        parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
-        parser.add_argument("--force", action="store_true", help="replace OUT.png if it exists")
-
-    def run(self, args):
-        from .files import Outputs
-        from .flops import count_flops, format_comparison, plot_png
-
-        if args.plot and not args.compare:
-            raise VskipError("--plot draws vanilla against compiled: add --compare COMPILED.onnx")
-        check_workload(args.visual_rows, args.text_rows)
-        outputs = Outputs([args.model] + ([args.compare] if args.compare else []), force=args.force)
-        if args.plot:
-            outputs.claim(args.plot, "plot")  # before the counting: a bad name costs nothing
-        rows = args.visual_rows + args.text_rows
-        base = count_flops(args.model, sequence_length=rows, visual_rows=args.visual_rows)
-        if not args.compare:
-            print(base.to_json() if args.json else base.format_table())
-            return 0
-        other = count_flops(args.compare, sequence_length=rows, visual_rows=args.visual_rows)
-        required = _required_flops(base, args.compare)
-        if args.json:
-            print(json.dumps({**_speedups(base, other, required), "vanilla": json.loads(base.to_json()),
-                              "compiled": json.loads(other.to_json()),
-                              "required": json.loads(required.to_json()) if required else None}, indent=2))
-        else:
-            print(format_comparison(base, other, required))
-        if args.plot:
-            with outputs:
-                outputs.write_bytes(args.plot, plot_png(base, other))
-                outputs.commit()
-            _progress(f"wrote {args.plot}")
-        return 0
-
-
-class Validate(Command):
-    """Compare a graph (compiled or vanilla) with the PyTorch reference under a skip plan.
-
-    The model is the one the graph was exported from (the vskip.json sidecar beside it)
-    unless --model names one; the plan is --plan, else the one a compiled graph records,
-    else the empty plan. Exits 0 when every output is within --atol, 1 otherwise.
-    """
-
-    name = "validate"
-
-    def add_arguments(self, parser):
-        parser.add_argument("graph", metavar="GRAPH.onnx")
-        parser.add_argument("--plan", metavar="PLAN.json")
-        parser.add_argument("--model", metavar="SOURCE", help="checkpoint directory or tiny:<model_type>")
-        parser.add_argument("--inputs", metavar="FEEDS.npz", help="feeds to use instead of a generated prompt")
-        parser.add_argument("--visual-rows", metavar="RANGES", help="visual rows of --inputs, e.g. 5:21,30:46")
-        parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4, fp32)")
-        parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    def run(self, args):
-        from .validate import validate
-
-        report = validate(args.graph, args.plan, args.model, args.inputs, args.visual_rows, args.atol)
-        print(report.to_json() if args.json else report.table())
-        return 0 if report.passed else 1
-
-
-# --- paste into vskip_compile/cli.py (and add Bench() to COMMANDS) ---
-class Bench(Command):
-    """Time a prefill graph against its compiled versions, side by side, on ONNX Runtime CPU.
-
-    Each --plan is compiled from MODEL.onnx (an export with its vskip.json sidecar). The
-    vanilla graph and every compiled graph (with --torch also the PyTorch skip reference)
-    run in one process on random inputs of --visual-rows image rows inside --text-rows
-    text rows: warm-up runs, then rounds in which every config runs once, in an order that
-    rotates between rounds. Prints per config the median and spread and per plan the
-    speedup, the paired (same-round) speedup, the ideal speedup from FLOPs and the share
-    of it realized; --json and --markdown write the full result.
-    """
-
-    name = "bench"
-
-    def add_arguments(self, parser):
-        from .bench import DEFAULT_ROUNDS, DEFAULT_TEXT_ROWS, DEFAULT_VISUAL_ROWS, DEFAULT_WARMUP
-
-        parser.add_argument("model", metavar="MODEL.onnx", help="a prefill graph from vskip export (not compiled)")
-        parser.add_argument("--plan", action="append", default=[], metavar="PLAN.json",
-                            help="a vskip plan or OpSkip policy; repeat for several")
-        parser.add_argument("--compiled", action="append", default=[], metavar="COMPILED.onnx",
-                            help="a graph vskip already compiled from MODEL (e.g. by another version), timed as "
-                                 "it is under the plan it records; repeat for several")
-        parser.add_argument("--visual-rows", type=int, default=DEFAULT_VISUAL_ROWS, metavar="N",
-                            help=f"image rows in the prompt (default {DEFAULT_VISUAL_ROWS})")
-        parser.add_argument("--text-rows", type=int, default=DEFAULT_TEXT_ROWS, metavar="M",
-                            help=f"text rows in the prompt (default {DEFAULT_TEXT_ROWS})")
-        parser.add_argument("--text-prefix", type=int, metavar="P",
-                            help="text rows before the image (default: a quarter of --text-rows)")
-        parser.add_argument("--threads", type=int, help="intra-op threads, ONNX Runtime and PyTorch (default: all cores)")
-        parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"warm-up runs per config (default {DEFAULT_WARMUP})")
-        parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"timed rounds (default {DEFAULT_ROUNDS})")
-        parser.add_argument("--torch", action="store_true", help="also time the PyTorch skip reference")
-        parser.add_argument("--workdir", metavar="DIR",
-                            help="keep the compiled graphs here (default: beside MODEL, removed afterwards)")
-        parser.add_argument("--sidecar", metavar="FILE.json",
-                            help="the model's dims (vskip.json fields) when MODEL has no vskip.json beside it")
-        parser.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
-        parser.add_argument("--markdown", metavar="OUT.md", help="write a section for docs/benchmarks.md")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-        parser.add_argument("--force", action="store_true",
-                            help="replace existing --json / --markdown files and, in --workdir, compiled graphs")
-
-    def run(self, args):
-        from .bench import format_table, run_bench
-
-        result = run_bench(args.model, args.plan, visual_rows=args.visual_rows, text_rows=args.text_rows,
-                           prefix_rows=args.text_prefix, threads=args.threads, warmup=args.warmup,
-                           rounds=args.rounds, pytorch=args.torch, workdir=args.workdir, sidecar=args.sidecar,
-                           seed=args.seed, json_path=args.json, markdown_path=args.markdown, progress=_progress,
-                           compiled_graphs=args.compiled, force=args.force)
-        print(format_table(result))
-        for path in (args.json, args.markdown):
-            if path:
-                _progress(f"wrote {path}")
-        return 0
-
-
-class Inspect(Command):
-    """Find every decoder layer of an ONNX graph by structure and print a table of them."""
-
-    name = "inspect"
-
-    def add_arguments(self, parser):
-        parser.add_argument("model", metavar="MODEL.onnx")
-
-    def run(self, args):
-        from .compile import load_graph
-        from .passes.locate import format_table, locate_model
-
-        print(format_table(locate_model(load_graph(args.model))))
+        _progress(f"wrote {len(result)} outputs to {args.output} ({session.description})")
         return 0
 
 
 class Demo(Command):
-    """Run the demo: export a tiny Qwen2-VL, check it on ONNX Runtime against PyTorch, compile, validate, time it."""
+    """Run the demo: export a tiny Qwen2-VL, check it on ONNX Runtime against PyTorch, compile, validate, time it.
+
+    Example:
+      vskip demo --workdir out/demo
+    """
 
     name = "demo"
 

@@ -27,7 +27,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
     from .models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
     from .bench import run_bench
     from .compile import compile_model
-    from .runner import make_session, run_session
+    from .backends import open_session
     from .validate import validate
 
     with tempfile.TemporaryDirectory(prefix="vskip-demo-") as scratch:
@@ -45,7 +45,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
         prompt = synthetic_prompt(family, loaded.config, DEMO_LAYOUT, seed=123)
         inputs = prepare_decoder_inputs(family, loaded.model, prompt)
         feeds = {k: v.numpy() for k, v in inputs.feeds.items()}
-        ort_out = run_session(make_session(out_dir / "prefill.onnx"), feeds)
+        ort_out = open_session(out_dir / "prefill.onnx").run(feeds)
         with torch.no_grad():
             ref = PrefillDecoder(family, loaded.model)(*(inputs.feeds[n] for n in prefill_input_names(family)))
         names = list(ort_out)
@@ -56,7 +56,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
             f"logits max |err| {logits_err:.2e}, K/V max |err| {cache_err:.2e}")
 
         say(f"[3/5] {DECODE_STEPS} greedy decode steps on ONNX Runtime vs PyTorch")
-        decode = make_session(out_dir / "decode.onnx")
+        decode = open_session(out_dir / "decode.onnx")
         step = DecodeStep(family, loaded.model)
         ort_cache = [ort_out[n] for n in names[1:]]
         ref_cache = list(ref[1:])
@@ -71,7 +71,7 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
             feeds = {"input_ids": np.array([[ort_token]]), "attention_mask": mask.numpy(),
                      "position_ids": positions.numpy()}
             feeds.update({f"past_key_values.{n[len('present.'):]}": c for n, c in zip(names[1:], ort_cache)})
-            out = run_session(decode, feeds)
+            out = decode.run(feeds)
             ort_cache = [out[n] for n in names[1:]]
             ort_token = int(out["logits"][0, -1].argmax())
             with torch.no_grad():
@@ -85,15 +85,15 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
         compiled = out_dir / "prefill.vskip.onnx"
         report = compile_model(out_dir / "prefill.onnx", EXAMPLE_PLAN, compiled, force=_earlier_demo(out_dir))
         say("      " + report.table.replace("\n", "\n      "))
-        for index, action in enumerate(report.actions):
-            say(f"      layer {index}: {action.value}")
+        for result in report.passes:
+            say(f"      {result.counts()}")
         say(f"      nodes {report.nodes_before} -> {report.nodes_after}, compiled in {report.seconds:.2f} s")
         check = validate(compiled)
         say("      " + check.table().replace("\n", "\n      "))
 
         say("[5/5] speed on ONNX Runtime: vanilla vs compiled, interleaved rounds")
-        timing = run_bench(out_dir / "prefill.onnx", [EXAMPLE_PLAN], visual_rows=visual,
-                           text_rows=prompt.input_ids.shape[1] - visual, warmup=3, rounds=10)
+        timing = run_bench(out_dir / "prefill.onnx", [EXAMPLE_PLAN], visual=inputs.visual_rows[0].numpy(),
+                           warmup=3, rounds=10)
         plan_timing = timing["plans"][0]
         say(f"      vanilla {timing['vanilla']['median_s'] * 1e3:.2f} ms, compiled "
             f"{plan_timing['median_s'] * 1e3:.2f} ms (medians, {timing['threads']} threads): measured speedup "
@@ -111,10 +111,11 @@ def run_demo(workdir: str | None = None, say: Callable[[str], None] = print) -> 
 def _earlier_demo(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds an earlier demo's export, which a rerun may replace; any
     other files there are refused by the export like every existing output without --force."""
-    from .sidecar import read_sidecar
+    from .core.errors import VskipError
+    from .core.sidecar import read_sidecar
 
     try:
         sidecar = read_sidecar(out_dir / "prefill.onnx")
-    except Exception:  # noqa: BLE001 - an unreadable sidecar is not a demo's: nothing is replaced
+    except VskipError:  # an unreadable sidecar is not a demo's: nothing is replaced
         return False
-    return bool(sidecar) and sidecar.get("source") == DEMO_SOURCE
+    return sidecar is not None and sidecar.source == DEMO_SOURCE

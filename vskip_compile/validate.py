@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compile import compiled_plan, load_graph
-from .errors import VskipError
-from .plan import Plan, load_plan
-from .visual_rows import ROW_INPUTS, parse_ranges, row_feeds, visual_rows_from_ids
+from .backends import DEFAULT as DEFAULT_BACKEND
+from .core.errors import VskipError
+from .core.plan import load_plan
+from .core.visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length, visual_rows_from_ids
 
 DEFAULT_LAYOUT = [6, "image", 5, "image", 8]
 DEFAULT_ATOL = 1e-4
@@ -41,6 +41,7 @@ class OutputError:
 class ValidationReport:
     graph: str
     model: str
+    backend: dict            # the graph's session: backends.Description.to_dict()
     plan: list[str]
     freeze_scope: str
     rows: int
@@ -67,6 +68,9 @@ class ValidationReport:
             top1 = f"{o.top1_agreement:5.1%}" if o.top1_agreement is not None else "    -"
             lines.append(f"{o.name:<22} {o.max_abs:10.2e} {o.mean_abs:10.2e} {o.max_rel:10.2e} "
                          f"{o.mean_rel:10.2e}  {top1}  {'yes' if o.passes else 'NO'}")
+        lines.append(f"graph on {self.backend['backend']} ({self.backend['runtime']} {self.backend['version']}, "
+                     f"{self.backend['device']}) vs the PyTorch reference; {self.rows} rows, "
+                     f"{self.visual_rows} visual")
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(f"{verdict}: {len(self.outputs)} outputs within atol {self.atol:g}"
                      if self.passed else f"{verdict}: the smallest passing atol is {self.smallest_passing_atol:.2e}")
@@ -93,74 +97,57 @@ def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray], ato
 
 def validate(graph: str | Path, plan: str | Path | None = None, model: str | None = None,
              inputs: str | Path | None = None, visual_rows: str | None = None,
-             atol: float = DEFAULT_ATOL, seed: int = 0) -> ValidationReport:
-    import torch
+             atol: float = DEFAULT_ATOL, seed: int = 0, backend: str = DEFAULT_BACKEND) -> ValidationReport:
+    """Run ``graph`` on ``backend`` and the PyTorch skip reference on the same feeds; compare.
 
-    from .sidecar import read_sidecar
+    ``model`` (a checkpoint directory or tiny preset, with ``seed``) overrides the export's
+    sidecar; ``plan`` (a file) overrides the plan the graph records.
+    """
+    from .backends import TORCH_BACKEND, get_backend
+    from .core.files import read_npz
+    from .core.sidecar import Sidecar, read_sidecar
     from .models.inputs import prepare_decoder_inputs, synthetic_prompt
-    from .models.loading import load_model
-    from .models.reference import skip_reference
-    from .models.wrappers import PrefillDecoder, prefill_input_names
-    from .files import read_npz
-    from .runner import make_session, run_session
 
     graph = Path(graph)
     if not (atol >= 0 and np.isfinite(atol)):
         raise VskipError(f"--atol must be a finite tolerance >= 0, got {atol}")
-    proto = load_graph(graph)
-    sidecar = read_sidecar(graph)
-    if model is None:
-        if sidecar is None:
-            raise VskipError(f"{graph}: no vskip.json export sidecar beside it; name the model with --model")
-        if not sidecar.get("source"):
-            raise VskipError(f"{graph.parent / 'vskip.json'}: the sidecar names no 'source' model; name it with --model")
-        model, seed = sidecar["source"], sidecar.get("seed") or 0
-    loaded = load_model(model, seed=seed)
+    if backend == TORCH_BACKEND.name:
+        raise VskipError("--backend torch is the PyTorch reference itself; validate the graph on an ONNX "
+                         "backend (ort-cpu, ort-cuda, ort-trt)")
+    runner = get_backend(backend)  # an unavailable backend costs nothing: checked first
+    if inputs is not None and visual_rows is None:
+        raise VskipError("with --inputs, give --visual-rows (the visual rows of those feeds)")
+    if visual_rows is not None and inputs is None:
+        raise VskipError("--visual-rows describes the rows of --inputs; add --inputs FEEDS.npz")
+    plan_obj, info = load_plan(plan) if plan is not None else (None, None)
+    sidecar = Sidecar(source=model, seed=seed, path="--model") if model is not None else read_sidecar(graph)
+    reference = TORCH_BACKEND.load(graph, sidecar=sidecar, plan=plan_obj)
+    loaded, plan_obj = reference.loaded, reference.plan
     family = loaded.family
-    num_layers = len(family.decoder_layers(loaded.model))
-    plan_obj = _resolve_plan(plan, proto, family.model_type, num_layers, graph)
-
-    session = make_session(graph)
-    graph_inputs = [i.name for i in session.get_inputs()]
+    if info is not None:
+        info.check_model(family.model_type, plan_obj.num_layers)
+    session = runner.load(graph, sidecar=sidecar)
     if inputs is None:
-        prompt = synthetic_prompt(family, loaded.config, DEFAULT_LAYOUT, seed=seed + 1)
+        prompt = synthetic_prompt(family, loaded.config, DEFAULT_LAYOUT, seed=(sidecar.seed or 0) + 1)
         prepared = prepare_decoder_inputs(family, loaded.model, prompt)
         feeds = {k: v.numpy() for k, v in prepared.feeds.items()}
         visual = visual_rows_from_ids(prompt.input_ids.numpy(), family.image_token_id(loaded.config))
     else:
         feeds = read_npz(inputs)
-        length = feeds["inputs_embeds"].shape[1] if "inputs_embeds" in feeds else None
-        if visual_rows is None or length is None:
-            raise VskipError("with --inputs, give --visual-rows (and feeds with inputs_embeds)")
-        visual = parse_ranges(visual_rows, length)
-    wanted = [n for n in graph_inputs if n in ROW_INPUTS]
-    feeds.update(row_feeds(visual, wanted))
-    got = run_session(session, {n: feeds[n] for n in graph_inputs})
-
-    all_logits = got["logits"].shape[1] != 1
-    names = prefill_input_names(family)
-    missing = [n for n in names if n not in feeds]
-    if missing:
-        raise VskipError(f"the feeds lack the model's inputs {', '.join(missing)}")
-    tensors = [torch.from_numpy(np.asarray(feeds[n])) for n in names]
-    rows = torch.from_numpy(visual).expand(tensors[0].shape[0], -1)
-    with skip_reference(family, loaded.model, plan_obj, rows), torch.no_grad():
-        reference = PrefillDecoder(family, loaded.model, all_logits=all_logits)(*tensors)
-    want = dict(zip([o.name for o in session.get_outputs()], (r.numpy() for r in reference)))
+        visual = parse_ranges(visual_rows, sequence_length(feeds))
+    feeds = {k: v for k, v in feeds.items() if k not in ROW_INPUTS}  # the rows come from the visual rows alone
+    wanted = [spec.name for spec in session.inputs + reference.inputs if spec.name in ROW_INPUTS]
+    feeds.update(row_feeds(visual, list(dict.fromkeys(wanted))))
+    got = session.run({spec.name: _take(feeds, spec.name) for spec in session.inputs})
+    want = reference.run({spec.name: _take(feeds, spec.name) for spec in reference.inputs})
     return ValidationReport(
-        graph=str(graph), model=model, plan=[a.value for a in plan_obj.actions],
-        freeze_scope=plan_obj.freeze_scope.value, rows=int(visual.shape[0]), visual_rows=int(visual.sum()),
-        atol=atol, outputs=compare_outputs(got, want, atol))
+        graph=str(graph), model=sidecar.source, backend=session.description.to_dict(),
+        plan=[a.value for a in plan_obj.actions], freeze_scope=plan_obj.freeze_scope.value,
+        rows=int(visual.shape[0]), visual_rows=int(visual.sum()), atol=atol,
+        outputs=compare_outputs(got, want, atol))
 
 
-def _resolve_plan(plan, proto, family: str, num_layers: int, graph: Path) -> Plan:
-    if plan is not None:
-        plan_obj, info = load_plan(plan)
-        info.check_model(family, num_layers)
-        return plan_obj
-    recorded = compiled_plan(proto, graph)
-    if recorded is not None:
-        plan_obj, info = load_plan(recorded)
-        info.check_model(family, num_layers)
-        return plan_obj
-    return Plan.empty(num_layers)
+def _take(feeds: dict, name: str):
+    if name not in feeds:
+        raise VskipError(f"the feeds lack the graph input {name}")
+    return feeds[name]

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FAMILIES, tiny_model
-from vskip_compile.errors import VskipError
+from vskip_compile.core.errors import VskipError
 from vskip_compile.models import checkpoint as checkpoint_module
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.loading import load_model

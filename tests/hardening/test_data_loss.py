@@ -98,7 +98,7 @@ def test_bench_reports_never_replace_files_without_force(workspace):
     before = snapshot(workspace)
     for flag in ("--json", "--markdown"):
         result = run_cli("bench", src, "--plan", PLAN, flag, existing, "--rounds", 1, "--warmup", 0,
-                         "--visual-rows", 8, "--text-rows", 4)
+                         "--rows", 12, "--visual-rows", "2:10")
         assert_refused(result, before, workspace, "exists")
     result = run_cli("bench", src, "--plan", PLAN, "--json", src, "--force", "--rounds", 1, "--warmup", 0)
     assert_refused(result, before, workspace, "own input")
@@ -113,7 +113,7 @@ def test_bench_workdir_never_recompiles_over_a_compiled_input(workspace):
     assert _compile(src, "--plan", PLAN, "-o", given).returncode == 0
     before = snapshot(workspace)
     result = run_cli("bench", src, "--plan", PLAN, "--compiled", given, "--workdir", work, "--force",
-                     "--rounds", 1, "--warmup", 0, "--visual-rows", 8, "--text-rows", 4)
+                     "--rounds", 1, "--warmup", 0, "--rows", 12, "--visual-rows", "2:10")
     assert_refused(result, before, workspace, "own input")
 
 

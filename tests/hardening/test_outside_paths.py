@@ -97,7 +97,7 @@ def test_onnx_runtime_shape_inference_leaves_nothing_in_the_working_directory(tm
     from onnx import TensorProto, helper
     from onnxruntime.tools import symbolic_shape_infer
 
-    from vskip_compile.shapes import ort_symbolic_shapes
+    from vskip_compile.core.shapes import ort_symbolic_shapes
 
     def incomplete(model, **kwargs):
         onnx.save_model(model, "sym_shape_infer_temp.onnx")  # what ORT does before raising

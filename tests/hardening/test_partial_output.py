@@ -28,7 +28,7 @@ shutil.copyfileobj = copy
 # The graph write fails as a full disk would, after the weights were copied.
 DISK_FULL_AT_GRAPH = """
 import errno
-from vskip_compile import files
+from vskip_compile.core import files
 _write = files.Outputs.write_bytes
 def write_bytes(self, path, data):
     if str(path).endswith(".onnx"):
@@ -78,7 +78,7 @@ bench.measure = measure
 """
     before = snapshot(workspace)
     result = run_patched(patch, "bench", workspace / "src" / "model.onnx", "--plan", PLAN, "--rounds", 1,
-                         "--warmup", 0, "--visual-rows", 8, "--text-rows", 4)
+                         "--warmup", 0, "--rows", 12, "--visual-rows", "2:10")
     _terminated(result, before, workspace)
 
 

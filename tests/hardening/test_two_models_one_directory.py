@@ -17,8 +17,8 @@ from conftest import tiny_model
 from hostile import with_external_data
 from vskip_compile.compile import compile_model
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
-from vskip_compile.plan import Action, FreezeScope, Plan
-from vskip_compile.visual_rows import visual_rows_from_ids
+from vskip_compile.core.plan import Action, FreezeScope, Plan
+from vskip_compile.core.visual_rows import visual_rows_from_ids
 
 import test_compile as reference_tests
 

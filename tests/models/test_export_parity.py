@@ -9,7 +9,7 @@ from helpers import assert_cache_close, assert_close, feeds_numpy
 from conftest import FAMILIES, tiny_model
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
-from vskip_compile.runner import make_session, run_session
+from vskip_compile.backends import open_session
 
 # (layout, batch, left padding per row): two sequence lengths, and batch 2 left-padded.
 CASES = [
@@ -41,12 +41,12 @@ def test_decoder_inputs_reproduce_full_model(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_matches_pytorch(family, opset, exported):
     loaded = tiny_model(family)
-    session = make_session(exported(family, opset) / "prefill.onnx")
-    names = [o.name for o in session.get_outputs()]
+    session = open_session(exported(family, opset) / "prefill.onnx")
+    names = [o.name for o in session.outputs]
     for seed, (layout, batch, pad) in enumerate(CASES):
         prompt = synthetic_prompt(loaded.family, loaded.config, layout, batch=batch, left_pad=pad, seed=seed)
         inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
-        got = run_session(session, feeds_numpy(inputs.feeds))
+        got = session.run(feeds_numpy(inputs.feeds))
         want = _torch_prefill(loaded, inputs.feeds)
         assert_close(got["logits"], want[0], what=f"{layout} b{batch} logits")
         for name, expected in zip(names[1:], want[1:]):
@@ -69,8 +69,8 @@ DECODE_CASES = [(family, 20) for family in FAMILIES] + [("qwen2_vl", 23)]
 @pytest.mark.parametrize("family, opset", DECODE_CASES)
 def test_decode_step_matches_pytorch(family, opset, exported):
     loaded = tiny_model(family)
-    session = make_session(exported(family, opset, decode=True) / "decode.onnx")
-    names = [i.name for i in session.get_inputs()]
+    session = open_session(exported(family, opset, decode=True) / "decode.onnx")
+    names = [i.name for i in session.inputs]
     step_module = DecodeStep(loaded.family, loaded.model)
     for query, past_len in [(1, 9), (4, 6)]:
         past = _random_past(loaded, 2, past_len, seed=query)
@@ -81,10 +81,10 @@ def test_decode_step_matches_pytorch(family, opset, exported):
             prior = prior.unsqueeze(0).expand(loaded.family.position_rank, -1, -1)
         positions = loaded.family.decode_position_ids(prior, torch.arange(query).expand(2, -1))
         args = (ids, mask, positions, *past)
-        got = run_session(session, feeds_numpy(dict(zip(names, args))))
+        got = session.run(feeds_numpy(dict(zip(names, args))))
         with torch.no_grad():
             want = step_module(*args)
-        for name, expected in zip([o.name for o in session.get_outputs()], want):
+        for name, expected in zip([o.name for o in session.outputs], want):
             assert_close(got[name], expected, what=f"q={query} {name}")
 
 
@@ -93,12 +93,12 @@ def test_prefill_then_decode_equals_longer_prefill(family, opset, exported):
     """ORT prefill(n) then k one-token ORT decode steps == PyTorch prefill(n + k)."""
     loaded, k = tiny_model(family), 3
     directory = exported(family, opset, decode=True)
-    prefill, decode = make_session(directory / "prefill.onnx"), make_session(directory / "decode.onnx")
+    prefill, decode = open_session(directory / "prefill.onnx"), open_session(directory / "decode.onnx")
     full = synthetic_prompt(loaded.family, loaded.config, [4, "image", 2 + k], batch=2, left_pad=[0, 2], seed=7)
     n = full.input_ids.shape[1] - k
     head = prepare_decoder_inputs(loaded.family, loaded.model, full.prefix(loaded.family, loaded.config, n))
-    out = run_session(prefill, feeds_numpy(head.feeds))
-    cache_names = [o.name for o in prefill.get_outputs()][1:]
+    out = prefill.run(feeds_numpy(head.feeds))
+    cache_names = [o.name for o in prefill.outputs][1:]
     past = [out[name] for name in cache_names]
     mask = full.attention_mask[:, :n]
     for step in range(k):
@@ -107,7 +107,7 @@ def test_prefill_then_decode_equals_longer_prefill(family, opset, exported):
         feeds = {"input_ids": full.input_ids[:, n + step:n + step + 1], "attention_mask": mask,
                  "position_ids": positions}
         feeds.update({f"past_key_values.{name[len('present.'):]}": value for name, value in zip(cache_names, past)})
-        out = run_session(decode, feeds_numpy(feeds))
+        out = decode.run(feeds_numpy(feeds))
         past = [out[name] for name in cache_names]
     whole = prepare_decoder_inputs(loaded.family, loaded.model, full)
     want = _torch_prefill(loaded, whole.feeds)

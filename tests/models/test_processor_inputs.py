@@ -19,7 +19,7 @@ from conftest import tiny_model
 from helpers import assert_close
 from vskip_compile.models.inputs import prepare_decoder_inputs, prompt_from_processor
 from vskip_compile.models.wrappers import PrefillDecoder, prefill_input_names
-from vskip_compile.visual_rows import visual_rows_from_ids
+from vskip_compile.core.visual_rows import visual_rows_from_ids
 
 
 def _processor(config) -> LlavaProcessor:

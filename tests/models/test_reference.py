@@ -21,7 +21,7 @@ from helpers import assert_close
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.reference import skip_reference
 from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
-from vskip_compile.plan import Action, FreezeScope, Plan
+from vskip_compile.core.plan import Action, FreezeScope, Plan
 
 REFERENCE_ATOL = 1e-5
 

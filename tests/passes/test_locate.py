@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from conftest import FAMILIES, tiny_model
 from foreign_exports import legacy_export, transformers_export
 from helpers import assert_close, feeds_numpy
-from vskip_compile.errors import VskipError
+from vskip_compile.core.errors import VskipError
 from vskip_compile.models.family import get_family
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.wrappers import PrefillDecoder, prefill_input_names

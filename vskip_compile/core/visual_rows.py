@@ -18,10 +18,33 @@ import re
 import numpy as np
 
 from .errors import VskipError
+from .plan import Plan, Rows
 
 TEXT_ROWS = "vskip_text_rows"
 SUFFIX_ROWS = "vskip_suffix_rows"
 ROW_INPUTS = (TEXT_ROWS, SUFFIX_ROWS)
+# The graph input that carries each row set a skipping layer keeps live.
+ROW_INPUT = {Rows.TEXT: TEXT_ROWS, Rows.SUFFIX: SUFFIX_ROWS}
+
+
+def row_inputs(plan: Plan) -> list[str]:
+    """The row inputs a graph compiled with ``plan`` takes: ``vskip_text_rows`` always (an
+    empty plan's graph takes it too, so every compiled graph is fed alike), and
+    ``vskip_suffix_rows`` when some layer keeps only the suffix live."""
+    kinds = {kind for layer in range(plan.num_layers) for kind in plan.live_rows(layer)}
+    return [TEXT_ROWS] + ([SUFFIX_ROWS] if Rows.SUFFIX in kinds else [])
+
+
+def live_mask(kind: Rows, visual: np.ndarray) -> np.ndarray:
+    """The rows of ``kind`` for the visual-row mask ``visual`` [..., S], as a mask of the same shape."""
+    visual = np.asarray(visual, dtype=bool)
+    if kind is Rows.ALL:
+        return np.ones_like(visual)
+    if kind is Rows.TEXT:
+        return ~visual
+    positions = np.arange(visual.shape[-1])
+    last = np.where(visual, positions, -1).max(axis=-1, keepdims=True)
+    return positions > last
 
 _RANGE = re.compile(r"^\s*(\d{1,12})\s*:\s*(\d{1,12})\s*$")  # bounded: no 5000-digit ints
 
@@ -47,6 +70,36 @@ def parse_ranges(text: str, sequence_length: int) -> np.ndarray:
     return mask
 
 
+def format_ranges(visual: np.ndarray) -> str:
+    """The visual-row mask [S] as the ranges :func:`parse_ranges` reads: '5:21,30:46' ('' for none)."""
+    padded = np.concatenate([[False], np.asarray(visual, dtype=bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return ",".join(f"{a}:{b}" for a, b in zip(edges[::2], edges[1::2]))
+
+
+# The prompt a FLOPs count or a benchmark describes when none is given: 1088 rows =
+# 16 text rows (a chat template's header), one 1024-token image, then 48 text rows.
+DEFAULT_ROWS = 1088
+DEFAULT_VISUAL_RANGES = "16:1040"
+
+
+def workload(rows: int | None, visual_ranges: str | None, max_rows: int) -> np.ndarray:
+    """The visual-row mask of a described prompt (``--rows`` S, ``--visual-rows`` ranges),
+    bounded by ``max_rows`` before anything is allocated. At least one text row must follow
+    the last visual row, as a question follows an image."""
+    rows = DEFAULT_ROWS if rows is None else rows
+    if type(rows) is not int or not 1 <= rows <= max_rows:
+        raise VskipError(f"--rows must be a row count in 1-{max_rows}, got {rows}")
+    if visual_ranges is None and rows <= 1040:
+        raise VskipError(f"the default --visual-rows {DEFAULT_VISUAL_RANGES} does not fit --rows {rows}; "
+                         "give --visual-rows too")
+    visual = parse_ranges(DEFAULT_VISUAL_RANGES if visual_ranges is None else visual_ranges, rows)
+    if visual[-1]:
+        raise VskipError(f"--visual-rows: the prompt must end with a text row after the image; row {rows - 1} "
+                         "is visual (lower the last range's END or raise --rows)")
+    return visual
+
+
 def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool = False) -> np.ndarray:
     """Visual rows of a prompt: exactly the image-token rows, or with ``span`` every row from the
     first to the last image token (OpSkip's choice for Qwen2.5-VL). Returns bool [S].
@@ -70,23 +123,18 @@ def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool 
 def row_feeds(visual: np.ndarray, names: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
     """The row inputs ``names`` (a compiled graph's) for the visual-row mask ``visual`` [S]."""
     visual = np.asarray(visual, dtype=bool)
-    positions = np.arange(visual.shape[0], dtype=np.int64)
-    text = positions[~visual]
-    if text.size == 0:
-        raise VskipError("every row is visual: at least one text row must be left to update")
+    kinds = {name: kind for kind, name in ROW_INPUT.items()}
     feeds = {}
     for name in names:
-        if name == TEXT_ROWS:
-            feeds[name] = text
-        elif name == SUFFIX_ROWS:
-            last = positions[visual].max() if visual.any() else -1
-            suffix = positions[last + 1:]
-            if suffix.size == 0:
-                raise VskipError("the prompt ends with a visual row: freeze_scope prefix_through_visual "
-                                 "needs at least one text row after the last visual row")
-            feeds[name] = suffix
-        else:
+        if name not in kinds:
             raise ValueError(f"unknown row input {name}")
+        rows = np.flatnonzero(live_mask(kinds[name], visual)).astype(np.int64)
+        if rows.size == 0 and name == TEXT_ROWS:
+            raise VskipError("every row is visual: at least one text row must be left to update")
+        if rows.size == 0:
+            raise VskipError("the prompt ends with a visual row: freeze_scope prefix_through_visual "
+                             "needs at least one text row after the last visual row")
+        feeds[name] = rows
     return feeds
 
 

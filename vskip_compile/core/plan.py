@@ -93,6 +93,26 @@ class FreezeScope(str, enum.Enum):
     PREFIX_THROUGH_VISUAL = "prefix_through_visual"
 
 
+class Rows(str, enum.Enum):
+    """A set of a prompt's rows, named by what they are for a given visual-row mask."""
+
+    ALL = "all"
+    TEXT = "text"          # every row that is not visual
+    SUFFIX = "suffix"      # the rows after the last visual row
+
+
+def live_rows(action: Action, scope: FreezeScope) -> tuple[Rows, Rows]:
+    """The rows whose (attention, FFN) update a layer with ``action`` computes.
+
+    This is the one statement of what a plan means for rows: the graph rewrite takes
+    these rows' row input, the PyTorch reference zeroes every other row's update, and the
+    FLOPs formulas count these rows. Rows outside the set pass through on the residual.
+    ``scope`` matters only for freeze layers (DESIGN.md section 2).
+    """
+    kept = Rows.SUFFIX if action is Action.FREEZE and scope is FreezeScope.PREFIX_THROUGH_VISUAL else Rows.TEXT
+    return (kept if action.skips_attention else Rows.ALL, kept if action.skips_ffn else Rows.ALL)
+
+
 @dataclass(frozen=True)
 class Plan:
     """One action per decoder layer plus the freeze scope."""
@@ -125,6 +145,10 @@ class Plan:
     @property
     def is_empty(self) -> bool:
         return all(a is Action.FULL for a in self.actions)
+
+    def live_rows(self, layer: int) -> tuple[Rows, Rows]:
+        """:func:`live_rows` of layer ``layer`` under this plan's freeze scope."""
+        return live_rows(self.actions[layer], self.freeze_scope)
 
 
 # --------------------------------------------------------------------------- plan files

@@ -1,0 +1,77 @@
+"""The compile pipeline's passes: a list, each behind one small interface.
+
+A pass takes the located decoder (:class:`passes.locate.DecoderStructure`, whose graph it
+may rewrite in place) and the plan, and returns a :class:`PassReport`: per layer, what it
+changed. ``compile_model`` locates the layers once, runs :data:`PASSES` in order and the
+CLI prints every report, so a new pass (a precision pass, a routing pass) is one new file
+plus one line here. Like onnxscript's rule sets, the list is data, not control flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vskip_compile.core.plan import Action, Plan
+
+from .locate import DecoderStructure
+
+
+@dataclass
+class LayerChange:
+    """What a pass did to one decoder layer."""
+
+    index: int
+    action: Action
+    rows: str            # the row input the layer keeps live
+    nodes_added: int
+    note: str = ""       # e.g. where a frozen run's K/V come from
+
+
+@dataclass
+class PassReport:
+    name: str
+    layers: list[LayerChange] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.layers)
+
+    @property
+    def nodes_added(self) -> int:
+        return sum(layer.nodes_added for layer in self.layers)
+
+    def counts(self) -> str:
+        """One line: how many layers the pass changed, by action, and the nodes it added."""
+        if not self.layers:
+            return f"{self.name}: no layer changed"
+        actions: dict[str, int] = {}
+        for layer in self.layers:
+            actions[layer.action.value] = actions.get(layer.action.value, 0) + 1
+        by_action = ", ".join(f"{name} x{count}" for name, count in actions.items())
+        return f"{self.name}: {len(self.layers)} layers changed ({by_action}); {self.nodes_added} nodes added"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "nodes_added": self.nodes_added,
+                "layers": [{"layer": c.index, "action": c.action.value, "rows": c.rows,
+                            "nodes_added": c.nodes_added, "note": c.note} for c in self.layers]}
+
+
+class Pass(Protocol):
+    """A graph rewrite over located decoder layers."""
+
+    name: str
+
+    def run(self, structure: DecoderStructure, plan: Plan) -> PassReport:
+        """Rewrite ``structure.graph`` in place as ``plan`` says; report per layer."""
+
+
+def default_passes() -> list[Pass]:
+    """The passes ``compile`` runs, in order."""
+    from .skip_visual import SkipVisualRows
+
+    return [SkipVisualRows()]
+
+
+def run_passes(structure: DecoderStructure, plan: Plan, passes: list[Pass] | None = None) -> list[PassReport]:
+    return [p.run(structure, plan) for p in (default_passes() if passes is None else passes)]

@@ -1,0 +1,50 @@
+"""Backends: where a graph runs. Each is one file behind :class:`base.Backend`; this
+registry is the only list of them, and ``--backend`` takes its names.
+
+    ort-cpu    ONNX Runtime, CPU provider (the default)
+    ort-cuda   ONNX Runtime, CUDA execution provider (onnxruntime-gpu)
+    ort-trt    ONNX Runtime, TensorRT execution provider (onnxruntime-gpu with TensorRT)
+    torch      the PyTorch skip reference
+    trt        native TensorRT engines (not built yet)
+
+Importing this package imports no runtime: each backend imports its library when used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import VskipError
+from .base import Backend, Description, Session, TensorSpec, check_feeds
+from .ort import ORT_CPU, ORT_CUDA, ORT_TRT
+from .tensorrt import TENSORRT
+from .torch_reference import TORCH
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TENSORRT)}
+DEFAULT = ORT_CPU.name
+
+TORCH_BACKEND = TORCH  # the reference that validate compares against
+
+__all__ = ["BACKENDS", "DEFAULT", "TORCH_BACKEND", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
+           "get_backend", "open_session"]
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, if it can run here; else one line naming what to install."""
+    backend = BACKENDS.get(name)
+    if backend is None:
+        raise VskipError(f"unknown backend {name!r}; backends are {', '.join(BACKENDS)}")
+    reason = backend.unavailable()
+    if reason:
+        raise VskipError(f"backend {name} is not available: {reason}")
+    return backend
+
+
+def open_session(path: str | Path, backend: str = DEFAULT, **options) -> Session:
+    """A session on ``path`` with the backend called ``backend`` (see :meth:`Backend.load`)."""
+    return get_backend(backend).load(Path(path), **options)
+
+
+def help_text() -> str:
+    """One line per backend, for --help."""
+    return "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values())

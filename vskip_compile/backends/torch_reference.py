@@ -1,0 +1,155 @@
+"""The PyTorch skip reference as a backend: the transformers model a graph was exported
+from, run under the plan the graph records (or a given one).
+
+A session takes what the graph takes (the prefill inputs and, for a compiled graph, its
+row inputs) and gives the graph's outputs by name, so it stands wherever a graph session
+stands: validate compares against it, bench times it. The visual rows come from the row
+inputs (every row not in ``vskip_text_rows``); the reference computes every row and zeroes
+the skipped rows' updates (:mod:`vskip_compile.models.reference`), so its timings of a
+plan show the hooks' cost, not a skip speedup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import VskipError
+from ..core.files import Outputs, check_threads
+from ..core.graph_io import load_graph, recorded_plan
+from ..core.plan import Plan, Rows
+from ..core.sidecar import Sidecar, read_sidecar, sidecar_path
+from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask, row_inputs, sequence_length
+from .base import Backend, Description, Session, TensorSpec
+
+_ELEMENT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 7: np.int64, 6: np.int32, 9: np.bool_}
+
+
+class TorchSession(Session):
+    def __init__(self, loaded, plan: Plan, inputs: list[TensorSpec], outputs: list[TensorSpec], all_logits: bool,
+                 threads: int | None = None):
+        import torch
+
+        from ..models.wrappers import PrefillDecoder, prefill_input_names
+
+        self.loaded, self.plan, self.threads = loaded, plan, threads
+        self.names = prefill_input_names(loaded.family)
+        self.inputs, self.outputs = inputs, outputs
+        self.decoder = PrefillDecoder(loaded.family, loaded.model, all_logits=all_logits)
+        dtype = next(loaded.model.parameters()).dtype
+        self.description = Description("torch", "torch", torch.__version__, "CPU",
+                                       {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+                                       .get(dtype, str(dtype)))
+
+    def infer(self, feeds):
+        import torch
+
+        from ..models.reference import skip_reference
+
+        visual = self._visual(feeds)
+        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names]
+        rows = torch.from_numpy(visual).expand(tensors[0].shape[0], -1)
+        previous = torch.get_num_threads()
+        if self.threads:  # per run, so the process's own setting is left as it was
+            torch.set_num_threads(self.threads)
+        try:
+            with skip_reference(self.loaded.family, self.loaded.model, self.plan, rows), torch.no_grad():
+                values = self.decoder(*tensors)
+        finally:
+            torch.set_num_threads(previous)
+        if len(values) != len(self.outputs):
+            raise VskipError(f"the model gives {len(values)} outputs but the graph has {len(self.outputs)}; "
+                             "is the model the graph's own?")
+        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+
+    def _visual(self, feeds) -> np.ndarray:
+        """The visual-row mask the row inputs describe (none without row inputs)."""
+        length = sequence_length(feeds)
+        visual = np.zeros(length, dtype=bool)
+        if TEXT_ROWS not in feeds:
+            return visual
+        visual[:] = True
+        visual[np.asarray(feeds[TEXT_ROWS])] = False
+        if SUFFIX_ROWS in feeds and not np.array_equal(np.flatnonzero(live_mask(Rows.SUFFIX, visual)),
+                                                       np.asarray(feeds[SUFFIX_ROWS])):
+            raise VskipError(f"{SUFFIX_ROWS}: must be every row after the last visual row "
+                             f"(the rows {TEXT_ROWS} leaves out are the visual ones)")
+        return visual
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    summary = "the PyTorch skip reference (the transformers model the graph was exported from)"
+
+    def __init__(self):
+        # One load per model and process: bench opens many graphs of one model.
+        self._models: dict[tuple, object] = {}
+
+    def unavailable(self) -> str | None:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            return "needs torch and transformers: pip install torch==2.13.0 && pip install vskip"
+        return None
+
+    def load(self, path: Path, *, threads: int | None = None, outputs: Outputs | None = None,
+             sidecar: Sidecar | None = None, progress=None, plan: Plan | None = None) -> TorchSession:
+        """The model is the ``source`` of ``sidecar`` (default: the vskip.json beside the
+        graph). ``plan``: default the graph's recorded plan, else the empty plan."""
+        path = Path(path)
+        graph = load_graph(path, weights_needed=False)
+        if outputs is not None:
+            outputs.add_input(path)
+        if sidecar is None:
+            sidecar = read_sidecar(path)
+            if sidecar is None:
+                raise VskipError(f"{path}: no vskip.json export sidecar beside it, and the PyTorch reference needs "
+                                 "the model the graph was exported from (validate: --model; bench: --sidecar)")
+            if outputs is not None:
+                outputs.add_input(sidecar_path(path))
+        if not sidecar.source:
+            raise VskipError(f"{sidecar.path}: the sidecar names no 'source' model, which the PyTorch reference "
+                             "needs (validate: --model)")
+        model, seed = sidecar.source, sidecar.seed or 0
+        loaded = self._model(model, seed, progress)
+        num_layers = len(loaded.family.decoder_layers(loaded.model))
+        if plan is None:
+            plan = recorded_plan(graph, path) or Plan.empty(num_layers)
+        if plan.num_layers != num_layers:
+            raise VskipError(f"the plan has {plan.num_layers} layers but {model} has {num_layers}")
+        threads = check_threads(threads)
+        from ..models.wrappers import prefill_input_names
+
+        specs = {i.name: _spec(i) for i in graph.graph.input}
+        # The row inputs the plan needs (given even to a vanilla graph's reference) or the graph takes.
+        rows = [n for n in row_inputs(plan) if n in specs or not plan.is_empty]
+        names = prefill_input_names(loaded.family) + rows
+        missing = [n for n in names if n not in specs and n not in rows]
+        if missing:
+            raise VskipError(f"{path}: the graph lacks the model's inputs {', '.join(missing)}; is the model its own?")
+        inputs = [specs.get(n) or TensorSpec(n, (f"{n}_count",), np.int64) for n in names]
+        outputs_ = [_spec(o) for o in graph.graph.output]
+        logits = next((o for o in outputs_ if o.name == "logits"), None)
+        all_logits = logits is None or len(logits.shape) < 2 or logits.shape[1] != 1
+        return TorchSession(loaded, plan, inputs, outputs_, all_logits, threads)
+
+    def _model(self, source: str, seed: int, progress):
+        key = (source, seed)
+        if key not in self._models:
+            from ..models.loading import load_model
+
+            if progress:
+                progress(f"loading {source} for PyTorch")
+            self._models[key] = load_model(source, seed=seed)
+        return self._models[key]
+
+
+def _spec(info) -> TensorSpec:
+    tensor = info.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return TensorSpec(info.name, shape, _ELEMENT_TYPES.get(tensor.elem_type))
+
+
+TORCH = TorchBackend()
