@@ -191,6 +191,9 @@ class _Clone:
         self.describe = describe
         self.restricted: dict[int, Restricted] = {}
         self.replaced: dict[int, gs.Tensor] = {}
+        # Recomputed shape values that may hold the row count (n where the source had S):
+        # id -> the positions of a 1-D shape vector that do, or None for "any position".
+        self.row_counts: dict[int, set[int] | None] = {}
 
     # -- helpers for rules ---------------------------------------------------------
     def fail(self, node: gs.Node, why: str):
@@ -378,9 +381,9 @@ def _slice(c: _Clone, node: gs.Node, r: Restricted):
     rank = len(_dims(r.original))
     if node.inputs[0] is not r.original or any(id(t) in c.restricted for t in node.inputs[1:]):
         c.fail(node, "its bounds depend on the rows")
-    if any(id(t) in c.replaced for t in node.inputs[1:4]):
-        # A bound from Shape(rows) counts n rows where the source counted S: right only on the
-        # row axis, which a Slice may not cut anyway.
+    if any(id(t) in c.row_counts for t in node.inputs[1:4]):
+        # A bound from the row count of Shape(rows) is n where the source had S: right only
+        # on the row axis, which a Slice may not cut anyway.
         c.fail(node, "its bounds come from the shape of the restricted rows")
     axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
     if axes is None:
@@ -544,13 +547,15 @@ def restrict_region(rows: RowSubset, builder: Builder, nodes: list[gs.Node], see
                 # kept ones: refused.
                 data = node.inputs[0] if node.inputs else None
                 if node.op in _SHAPED_DATA and data is not None and id(data) not in state.replaced \
-                        and not isinstance(data, gs.Constant):
+                        and any(id(t) in state.row_counts for t in node.inputs[1:]):
                     state.fail(node, f"its {'bounds' if node.op == 'Slice' else 'shape or indices'} come from the "
-                                     "shape of the restricted rows, but its data does not carry the rows")
+                                     "row count of the restricted rows, but its data does not carry the rows")
                 _emit(state, node, [state.value(t) for t in node.inputs], [None] * len(node.outputs))
+                _track_row_counts(state, node)
             continue
         if node.op == "Shape" or node.op == "Size":
             _emit(state, node, [r_inputs[0].tensor], [None])
+            _track_row_counts(state, node, r_inputs[0])
             continue
         if any(_dims(r.original) is None for r in r_inputs):
             state.fail(node, "the shape of its input is unknown (run shape inference on the graph)")
@@ -568,6 +573,62 @@ def restrict_region(rows: RowSubset, builder: Builder, nodes: list[gs.Node], see
             state.fail(node, f"no row rule for op {node.op}")
         _emit(state, node, inputs, axes)
     return state
+
+
+def _track_row_counts(state: _Clone, node: gs.Node, shaped: Restricted | None = None) -> None:
+    """Follow the row count through shape arithmetic: Shape of restricted rows holds it at
+    the row axis; Gather / Slice of a shape vector with constant indices keep only the
+    positions they pick; any other op on a value holding it may hold it anywhere."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None:
+        return
+    if shaped is not None:  # Shape / Size of the restricted rows
+        rank = _rank(shaped.original)
+        if node.op == "Size" or rank is None:
+            state.row_counts[id(out)] = None
+            return
+        start = _normalized_axis(int(node.attrs.get("start", 0)), rank)
+        end = _normalized_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
+        if start <= shaped.axis < end:
+            state.row_counts[id(out)] = {shaped.axis - start}
+        return
+    data = node.inputs[0] if node.inputs else None
+    if data is None or id(data) not in state.row_counts:
+        if any(id(t) in state.row_counts for t in node.inputs if t is not None):
+            state.row_counts[id(out)] = None
+        return
+    positions, length = state.row_counts[id(data)], _vector_length(data)
+    if positions is not None and length is not None and node.op in ("Gather", "Slice"):
+        picked = _picked(node, length)
+        if picked is not None:
+            kept = {i for i, p in enumerate(picked) if p in positions}
+            if kept:
+                state.row_counts[id(out)] = kept if _rank(out) == 1 or node.op == "Slice" else None
+            return
+    state.row_counts[id(out)] = None
+
+
+def _vector_length(tensor: gs.Tensor) -> int | None:
+    dims = _dims(tensor)
+    if dims is None or len(dims) != 1 or not isinstance(dims[0], (int, np.integer)):
+        return None
+    return int(dims[0])
+
+
+def _picked(node: gs.Node, length: int) -> list[int] | None:
+    """The positions of a 1-D vector of ``length`` that a Gather (axis 0) or a Slice (step 1,
+    axis 0) with constant indices takes, in order; None where they are not constant."""
+    if node.op == "Gather":
+        if int(node.attrs.get("axis", 0)) != 0:
+            return None
+        indices = _const_ints(node.inputs[1])
+        return None if indices is None else [i + length if i < 0 else i for i in indices]
+    starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
+    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else [0]
+    steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1]
+    if None in (starts, ends, axes, steps) or axes not in ([0], [-1]) or steps != [1]:
+        return None
+    return list(range(length))[slice(starts[0], ends[0])]
 
 
 def _emit(state: _Clone, node: gs.Node, inputs: list, axes: list[int | None]) -> None:

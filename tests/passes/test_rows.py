@@ -1099,3 +1099,27 @@ def test_softmax_before_opset_13_over_later_axes_fires():
     net = Net()
     net.set_h(BSD, opset=11)
     assert_fires(net, net.op("Softmax", [net.h], BSD, {"axis": 2}), 1)
+
+
+def test_shape_entries_other_than_the_row_count_still_bound_a_slice():
+    """rotate_half as the legacy exporter writes it: x[..., :x.shape[-1] // 2], the bound from
+    Shape of the restricted rows, but its last entry (D), which the rows do not change."""
+    net = Net()
+    shape = net.op("Shape", [net.h], [3], dtype=I64)
+    last = net.op("Gather", [shape, net.const(-1)], [], {"axis": 0}, dtype=I64)       # D, a scalar
+    half = net.op("Div", [last, net.const(2)], [], dtype=I64)
+    end = net.op("Unsqueeze", [half, net.const([0])], [1], dtype=I64)
+    out = net.op("Slice", [net.h, net.const([0]), end, net.const([-1])], ["B", "S", 4])
+    assert_fires(net, out, 1)
+
+
+def test_a_scalar_row_count_cutting_data_outside_the_rows():
+    """Shape(h)[1] as a scalar, then a Range over it: positions 0..n-1, not the kept rows."""
+    net = Net()
+    shape = net.op("Shape", [net.h], [3], dtype=I64)
+    count = net.op("Gather", [shape, net.const(1)], [], {"axis": 0}, dtype=I64)         # S, a scalar
+    end = net.op("Unsqueeze", [count, net.const([0])], [1], dtype=I64)
+    table = net.input("table", [16, 8])
+    cut = net.op("Slice", [table, net.const([0]), end, net.const([0])], ["S", 8])
+    with pytest.raises(RestrictError, match="its data does not carry the rows"):
+        restrict(net, net.op("Add", [net.h, cut], BSD))
