@@ -102,3 +102,14 @@ def test_version_and_command_name_as_typed(capsys):
     assert capsys.readouterr().out.strip() == f"vskip-compile {__version__}"
     assert compile_main(["/nonexistent.onnx", "--plan", "p.json"]) == 2
     assert capsys.readouterr().err.startswith("vskip-compile: error: ")
+
+
+def test_building_the_parser_loads_no_runtime():
+    """`vskip --help` stays fast: the parser imports neither onnx nor a runtime."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vskip_compile.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnx_graphsurgeon', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

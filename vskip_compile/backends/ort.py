@@ -17,7 +17,6 @@ import numpy as np
 
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads
-from ..core.graph_io import read_graph
 from ..core.sidecar import Sidecar
 from .base import Backend, Description, Session, TensorSpec, precision_of
 
@@ -71,6 +70,8 @@ class OrtBackend(Backend):
         """The graph alone is enough (``sidecar`` is not needed). ``optimize=False`` turns
         ONNX Runtime's graph optimizer off (tests measure the graph as written)."""
         import onnxruntime as ort
+
+        from ..core.graph_io import read_graph
 
         path = Path(path)
         _, files = read_graph(path)  # vskip's checks of the file and its external data, before ORT reads it

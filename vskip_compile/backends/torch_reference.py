@@ -17,7 +17,6 @@ import numpy as np
 
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads
-from ..core.graph_io import load_graph, recorded_plan
 from ..core.plan import Plan, Rows
 from ..core.sidecar import Sidecar, read_sidecar, sidecar_path
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask, row_inputs, sequence_length
@@ -98,6 +97,8 @@ class TorchBackend(Backend):
              sidecar: Sidecar | None = None, progress=None, plan: Plan | None = None) -> TorchSession:
         """The model is the ``source`` of ``sidecar`` (default: the vskip.json beside the
         graph). ``plan``: default the graph's recorded plan, else the empty plan."""
+        from ..core.graph_io import load_graph, recorded_plan
+
         path = Path(path)
         graph = load_graph(path, weights_needed=False)
         if outputs is not None:

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..core.errors import VskipError
 from ..core.plan import Plan
-from ..flops import analytic_flops, count_flops, ideal_speedup, mask_layout, plan_flops
 
 IDEAL_GIVEN = "given by the caller"
 IDEAL_FLOPS_MODULE = "vskip_compile.flops (matrix products counted on the vanilla graph, those the plan skips removed)"
@@ -35,6 +34,8 @@ IdealFn = Callable[[Plan, np.ndarray, Path], float]
 def analytic_ideal(dims: dict) -> IdealFn:
     """The analytic formula's FLOPs(vanilla) / FLOPs(plan) for the model dimensions ``dims``."""
     def ideal(plan: Plan, visual: np.ndarray, graph: Path | None = None) -> float:
+        from ..flops import analytic_flops
+
         return analytic_flops(dims, Plan.empty(plan.num_layers), visual) / analytic_flops(dims, plan, visual)
 
     return ideal
@@ -46,6 +47,8 @@ def counted_ideal(model: Path) -> IdealFn:
     vanilla: dict = {}
 
     def ideal(plan: Plan, visual: np.ndarray, graph: Path | None = None) -> float:
+        from ..flops import count_flops, ideal_speedup, mask_layout, plan_flops  # onnx: not at start-up
+
         key = visual.tobytes()
         if key not in vanilla:
             vanilla[key] = count_flops(model, **mask_layout(visual))

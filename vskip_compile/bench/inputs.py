@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import VskipError
-from ..core.graph_io import load_graph, recorded_plan
 from ..core.plan import Plan, load_plan
 from ..core.sidecar import DIM_FIELDS, Sidecar, load_sidecar_file, read_sidecar, sidecar_path
 from .timing import VANILLA
@@ -39,6 +38,8 @@ def sidecar_files(model: Path, sidecar: Sidecar | str | Path | None) -> list[Pat
 
 
 def is_compiled(model: Path) -> bool:
+    from ..core.graph_io import load_graph, recorded_plan
+
     return recorded_plan(load_graph(model, weights_needed=False), model) is not None
 
 
@@ -50,6 +51,8 @@ class Recorded:
 
 
 def recorded(path: Path, num_layers: int) -> Recorded:
+    from ..core.graph_io import load_graph, recorded_plan
+
     plan = recorded_plan(load_graph(path, weights_needed=False), path)
     if plan is None:
         raise VskipError(f"{path}: not compiled by vskip (it records no plan); pass its plan with --plan instead")
