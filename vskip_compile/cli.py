@@ -219,8 +219,15 @@ class Compile(Command):
             raise VskipError("--rows and --visual-rows describe the --report workload; add --report")
         visual = workload(args) if args.report else None
         report_json = Report(args.json, [args.model, args.plan], args.force)
+
+        def extra_outputs(output: Path) -> list[Path]:
+            # Claimed with the graph and its weights in one transaction: --json may not name
+            # any of them (written later, it would replace a file this command just wrote).
+            files = report_files(output) if args.report else []
+            return files + ([Path(args.json)] if args.json not in (None, "-") else [])
+
         report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
-                               extra_outputs=report_files if args.report else None)
+                               extra_outputs=extra_outputs)
         _progress(report.table)
         for result in report.passes:
             _progress(result.counts())

@@ -69,6 +69,20 @@ def test_compile_refuses_an_output_whose_weights_name_is_an_input(workspace):
     assert_refused(result, before, workspace, "own input")
 
 
+@pytest.mark.parametrize("json_name, extra", [("c.onnx", []), ("c.onnx.data", []),
+                                             ("c.flops.json", ["--report", "--rows", "64", "--visual-rows", "8:40"])])
+def test_compile_json_report_is_never_one_of_its_other_outputs(workspace, json_name, extra):
+    """--json names a file the command also writes (the graph, its weights, a --report
+    file): refused before any work, even with --force, and nothing is written."""
+    out = workspace / "out"
+    out.mkdir()
+    before = snapshot(workspace)
+    for force in ([], ["--force"]):
+        result = _compile(workspace / "src" / "model.onnx", "--plan", PLAN, "-o", out / "c.onnx",
+                          "--json", out / json_name, *extra, *force)
+        assert_refused(result, before, workspace, "named twice as an output")
+
+
 def test_run_never_writes_over_the_model_or_the_feeds(workspace, exported):
     feeds = workspace / "feeds.npz"
     np.savez(feeds, x=np.zeros(2, np.float32))
