@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from vskip_compile.core.errors import VskipError
-from vskip_compile.core.files import Outputs, check_directory, output_directory
+from vskip_compile.core.files import Outputs, check_directory, one_line, output_directory
 from vskip_compile.core.sidecar import SIDECAR, GraphEntry, Sidecar
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
@@ -114,8 +114,7 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
         except (RuntimeError, ValueError, IndexError) as exc:
             # An inconsistent checkpoint config (e.g. mrope_section not summing to head_dim/2)
             # fails here, inside transformers: the user's input, not a vskip bug.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VskipError(f"{source}: the model fails on a sample prompt: {first}") from None
+            raise VskipError(f"{source}: the model fails on a sample prompt: {one_line(exc)}") from None
         prefill_args = tuple(inputs.feeds[name] for name in list(sidecar.prefill.inputs))
         with timed(progress, "trace prefill"), torch.no_grad(), loaded.family.export_patches(loaded.model):
             _export_one(PrefillDecoder(loaded.family, loaded.model, all_logits), prefill_args,

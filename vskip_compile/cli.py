@@ -250,19 +250,13 @@ def report_files(compiled_path) -> list[Path]:
     return [Path(f"{stem}.flops.json"), Path(f"{stem}.flops.png")]
 
 
-def _workload_dict(visual) -> dict:
-    from .core.visual_rows import format_ranges
-
-    return {"sequence_length": int(visual.size), "visual_rows": int(visual.sum()),
-            "text_rows": int(visual.size - visual.sum()), "visual_ranges": format_ranges(visual)}
-
-
 def _flops_report(vanilla_path, compiled_path, visual, plan, force: bool, print_table: bool) -> dict:
     from .core.files import Outputs
+    from .core.visual_rows import workload_fields
     from .flops import compare_flops
 
     # the plan just compiled: no need to read it back from the file
-    comparison = compare_flops(vanilla_path, compiled_path, visual, plan, workload=_workload_dict(visual))
+    comparison = compare_flops(vanilla_path, compiled_path, visual, plan, workload=workload_fields(visual))
     if print_table:
         print(comparison.table())
     data = comparison.to_dict()
@@ -297,6 +291,7 @@ class Flops(Command):
         add_force(parser, "the --json and --plot files")
 
     def run(self, args):
+        from .core.visual_rows import workload_fields
         from .flops import compare_flops, count_flops, mask_layout
 
         if args.plot and not args.compare:
@@ -308,9 +303,9 @@ class Flops(Command):
         if not args.compare:
             counted = count_flops(args.model, **mask_layout(visual))
             report.table(counted.format_table())
-            report.emit({"workload": _workload_dict(visual), **counted.to_dict()})
+            report.emit({"workload": workload_fields(visual), **counted.to_dict()})
             return 0
-        comparison = compare_flops(args.model, args.compare, visual, workload=_workload_dict(visual))
+        comparison = compare_flops(args.model, args.compare, visual, workload=workload_fields(visual))
         report.table(comparison.table())
         report.emit(comparison.to_dict(), {args.plot: comparison.plot_png()} if args.plot else None)
         return 0

@@ -23,9 +23,7 @@ from .torch_reference import TORCH
 BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TENSORRT)}
 DEFAULT = ORT_CPU.name
 
-TORCH_BACKEND = TORCH  # the reference that validate compares against
-
-__all__ = ["BACKENDS", "DEFAULT", "TORCH_BACKEND", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
+__all__ = ["BACKENDS", "DEFAULT", "TORCH", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
            "get_backend", "open_session"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import VskipError
-from ..core.files import Outputs, check_threads
+from ..core.files import Outputs, check_threads, one_line
 from ..core.sidecar import Sidecar
 from .base import Backend, Description, Session, TensorSpec, precision_of
 
@@ -41,8 +41,7 @@ class OrtSession(Session):
         try:
             values = self.session.run(names, feeds)
         except Exception as exc:  # ORT raises its own exception types for run-time failures
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VskipError(f"ONNX Runtime failed to run the graph: {first}") from None
+            raise VskipError(f"ONNX Runtime failed to run the graph: {one_line(exc)}") from None
         return dict(zip(names, values))
 
 
@@ -88,8 +87,7 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), settings, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types for bad or truncated files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VskipError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+            raise VskipError(f"{path}: ONNX Runtime cannot load it: {one_line(exc)}") from None
         if session.get_providers()[0] != self.providers[0]:
             raise VskipError(f"{path}: ONNX Runtime fell back to {session.get_providers()[0]} instead of "
                              f"{self.providers[0]}; check the CUDA / TensorRT installation (backend {self.name})")

@@ -22,9 +22,6 @@ from ..core.sidecar import Sidecar, read_sidecar, sidecar_path
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask, row_inputs, sequence_length
 from .base import Backend, Description, Session, TensorSpec
 
-_ELEMENT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 7: np.int64, 6: np.int32, 9: np.bool_}
-
-
 class TorchSession(Session):
     def __init__(self, loaded, plan: Plan, inputs: list[TensorSpec], outputs: list[TensorSpec], all_logits: bool,
                  threads: int | None = None):
@@ -148,9 +145,11 @@ class TorchBackend(Backend):
 
 
 def _spec(info) -> TensorSpec:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
     tensor = info.type.tensor_type
     shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-    return TensorSpec(info.name, shape, _ELEMENT_TYPES.get(tensor.elem_type))
+    return TensorSpec(info.name, shape, tensor_dtype_to_np_dtype(tensor.elem_type).type if tensor.elem_type else None)
 
 
 TORCH = TorchBackend()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backends import TensorSpec
 from ..core.errors import VskipError
-from ..core.visual_rows import ROW_INPUTS, format_ranges, row_feeds, workload
+from ..core.visual_rows import ROW_INPUTS, row_feeds, workload, workload_fields
 
 # Bounds on a benchmark's size, checked before anything is allocated: the prompt's rows
 # (its embeddings alone are rows x hidden floats) and the timed repetitions.
@@ -56,8 +56,7 @@ def describe(visual: np.ndarray) -> str:
 
 def record(visual: np.ndarray) -> dict:
     """The workload fields of a result."""
-    return {"sequence_length": int(visual.size), "visual_rows": int(visual.sum()),
-            "text_rows": int((~visual).sum()), "layout": describe(visual), "visual_ranges": format_ranges(visual)}
+    return {**workload_fields(visual), "layout": describe(visual)}
 
 
 def synthesize_feeds(inputs: list[TensorSpec], visual: np.ndarray, hidden_size: int,

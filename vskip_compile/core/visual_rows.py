@@ -80,7 +80,8 @@ def format_ranges(visual: np.ndarray) -> str:
 # The prompt a FLOPs count or a benchmark describes when none is given: 1088 rows =
 # 16 text rows (a chat template's header), one 1024-token image, then 48 text rows.
 DEFAULT_ROWS = 1088
-DEFAULT_VISUAL_RANGES = "16:1040"
+_DEFAULT_IMAGE = (16, 1040)
+DEFAULT_VISUAL_RANGES = f"{_DEFAULT_IMAGE[0]}:{_DEFAULT_IMAGE[1]}"
 
 
 def workload(rows: int | None, visual_ranges: str | None, max_rows: int) -> np.ndarray:
@@ -90,7 +91,7 @@ def workload(rows: int | None, visual_ranges: str | None, max_rows: int) -> np.n
     rows = DEFAULT_ROWS if rows is None else rows
     if type(rows) is not int or not 1 <= rows <= max_rows:
         raise VskipError(f"--rows must be a row count in 1-{max_rows}, got {rows}")
-    if visual_ranges is None and rows <= 1040:
+    if visual_ranges is None and rows <= _DEFAULT_IMAGE[1]:
         raise VskipError(f"the default --visual-rows {DEFAULT_VISUAL_RANGES} does not fit --rows {rows}; "
                          "give --visual-rows too")
     visual = parse_ranges(DEFAULT_VISUAL_RANGES if visual_ranges is None else visual_ranges, rows)
@@ -98,6 +99,12 @@ def workload(rows: int | None, visual_ranges: str | None, max_rows: int) -> np.n
         raise VskipError(f"--visual-rows: the prompt must end with a text row after the image; row {rows - 1} "
                          "is visual (lower the last range's END or raise --rows)")
     return visual
+
+
+def workload_fields(visual: np.ndarray) -> dict:
+    """A prompt's visual-row mask as reports record it: rows, visual and text counts, ranges."""
+    return {"sequence_length": int(visual.size), "visual_rows": int(visual.sum()),
+            "text_rows": int(visual.size - visual.sum()), "visual_ranges": format_ranges(visual)}
 
 
 def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool = False) -> np.ndarray:
