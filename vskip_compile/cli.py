@@ -218,6 +218,10 @@ class Compile(Command):
         if not args.report and (args.rows, args.visual_rows) != (None, None):
             raise VskipError("--rows and --visual-rows describe the --report workload; add --report")
         visual = workload(args) if args.report else None
+        if args.report:
+            from .flops.plot import require_matplotlib
+
+            require_matplotlib()  # before compiling: --report writes the plot with the graph
         report_json = Report(args.json, [args.model, args.plan], args.force)
 
         def extra_outputs(output: Path) -> list[Path]:
@@ -299,6 +303,9 @@ class Flops(Command):
         visual = workload(args)
         report = Report(args.json, [args.model, args.compare], args.force)
         if args.plot:
+            from .flops.plot import require_matplotlib
+
+            require_matplotlib()
             report.outputs.claim(args.plot, "plot")  # before the counting: a bad name costs nothing
         if not args.compare:
             counted = count_flops(args.model, **mask_layout(visual))

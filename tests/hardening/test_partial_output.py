@@ -122,3 +122,18 @@ def test_disk_full_output_is_one_line_and_leaves_nothing(workspace):
         assert os.listdir(full) == []
     finally:
         subprocess.run(["umount", str(full)], capture_output=True, timeout=30)
+
+
+def test_report_and_plot_without_matplotlib_stop_before_any_work(workspace):
+    """--report and --plot draw with matplotlib, an extra: without it, one line and nothing
+    compiled or written (not a compiled graph and a missing report)."""
+    no_matplotlib = "sys.modules['matplotlib'] = None"
+    (workspace / "out").mkdir()
+    before = snapshot(workspace)
+    result = run_patched(no_matplotlib, "compile", workspace / "src" / "model.onnx", "--plan", PLAN,
+                         "-o", workspace / "out" / "c.onnx", "--report", "--rows", 12, "--visual-rows", "2:10")
+    assert_refused(result, before, workspace, "pip install 'vskip[plot]'")
+    result = run_patched(no_matplotlib, "flops", workspace / "src" / "model.onnx", "--compare",
+                         workspace / "src" / "model.onnx", "--plot", workspace / "out" / "p.png",
+                         "--rows", 12, "--visual-rows", "2:10")
+    assert_refused(result, before, workspace, "pip install 'vskip[plot]'")

@@ -20,13 +20,24 @@ def save_plot(vanilla: FlopsReport, compiled: FlopsReport, path: str | Path, for
     return Path(path)
 
 
+def require_matplotlib() -> None:
+    """Refuse in one line, before any work, where the plot cannot be drawn."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or stubbed install
+        found = False
+    if not found:
+        raise VskipError("the FLOPs plot needs matplotlib: pip install 'vskip[plot]'")
+
+
 def plot_png(vanilla: FlopsReport, compiled: FlopsReport) -> bytes:
     """PNG: per layer, a vanilla and a compiled bar, each stacked by operator class."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise VskipError("save_plot needs matplotlib: pip install 'vskip[plot]'") from None
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     _check_same_layout(vanilla, compiled)
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
     fig = Figure(figsize=(max(6.0, 0.32 * len(vanilla.layers) + 2), 4.8), dpi=120)
