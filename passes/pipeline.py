@@ -68,9 +68,10 @@ class Pass(Protocol):
 
 def default_passes() -> list[Pass]:
     """The passes ``compile`` runs, in order."""
+    from .nan_guard import MoveNanGuard
     from .skip_visual import SkipVisualRows
 
-    return [SkipVisualRows()]
+    return [MoveNanGuard(), SkipVisualRows()]
 
 
 def run_passes(structure: DecoderStructure, plan: Plan, passes: list[Pass] | None = None) -> list[PassReport]:

@@ -21,6 +21,7 @@ from vskip_compile.backends import get_backend
 from vskip_compile.bench import MAX_ROWS, analytic_ideal, model_sidecar, run_bench
 from vskip_compile.compile import compile_model
 from vskip_compile.core.errors import VskipError
+from vskip_compile.core.graph_io import recorded_plan
 from vskip_compile.core.plan import Action, FreezeScope, Plan, load_plan
 from vskip_compile.core.sidecar import Sidecar
 from vskip_compile.core.visual_rows import workload
@@ -127,9 +128,24 @@ def test_workdir_gets_one_copy_of_external_weights(exported, tmp_path):
     result = run_bench(source / "prefill.onnx", plans, visual=SMALL, warmup=0, rounds=1, workdir=work)
     # One staged copy of the source and its weights, shared by every compiled plan.
     assert sorted(p.name for p in work.iterdir()) == ["prefill.bench-source.onnx", "prefill.bench-source.onnx.data",
-                                                      "prefill.example_tiny.onnx", "prefill.plan1.onnx"]
-    assert [c["graph"] for c in result["configs"]][1:] == [str(work / "prefill.example_tiny.onnx"),
-                                                         str(work / "prefill.plan1.onnx")]
+                                                      "prefill.example_tiny.onnx", "prefill.plan1.onnx",
+                                                      "prefill.vanilla.onnx"]
+    assert [c["graph"] for c in result["configs"]] == [str(work / "prefill.vanilla.onnx"),
+                                                       str(work / "prefill.example_tiny.onnx"),
+                                                       str(work / "prefill.plan1.onnx")]
+
+
+def test_the_vanilla_config_is_the_empty_plan_compile(exported, tmp_path):
+    """The moved NaN guards of an opset-20 graph are in the baseline, not in the speedup."""
+    model = exported("qwen2_vl") / "prefill.onnx"
+    result = run_bench(model, [Plan((Action.FREEZE,) * 4)], visual=SMALL, warmup=0, rounds=1,
+                       workdir=tmp_path / "work")
+    vanilla = onnx.load(result["configs"][0]["graph"], load_external_data=False)
+    assert recorded_plan(vanilla, Path(result["configs"][0]["graph"])) == Plan.empty(4)
+    softmax = {o for n in vanilla.graph.node if n.op_type == "Softmax" for o in n.output}
+    assert not any(n.op_type == "Where" and set(n.input) & softmax for n in vanilla.graph.node)
+    assert result["vanilla_graph"] == "the source compiled with the empty plan"
+    assert "- vanilla: the source compiled with the empty plan" in bench.to_markdown(result)
 
 
 # ----------------------------------------------------------------------------- errors

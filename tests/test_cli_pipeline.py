@@ -72,6 +72,16 @@ def test_validate_passes_on_the_compiled_graph_and_fails_on_a_mismatch(compiled,
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_validate_the_live_rows_pytorch_run(compiled, capsys):
+    """torch-skip stands where a graph session stands: the plan the graph records, live rows only."""
+    _, out, _ = compiled
+    capsys.readouterr()
+    assert main(["validate", str(out), "--backend", "torch-skip", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["backend"]["backend"] == "torch-skip"
+    assert report["plan"] == ["full", "skip_visual_attention", "skip_visual_ffn", "freeze"]
+
+
 def test_flops_compare(compiled, capsys):
     source, out, _ = compiled
     capsys.readouterr()

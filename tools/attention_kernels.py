@@ -17,6 +17,10 @@ NumPy float64 reference (max |err| printed), so a fast wrong variant shows. Vari
 - ``decomposed``: MatMul, Add mask, Softmax, MatMul (the opset-20 export);
 - ``mha-contrib``: com.microsoft MultiHeadAttention with an additive attention bias;
 - ``gqa-contrib``: com.microsoft GroupQueryAttention, causal, K/V at their KV heads, no mask;
+- ``attention23-blocksN``: causal blocking, what ``passes/causal_blocks.py`` writes: the
+  queries cut into N chunks, each an Attention-23 over only the keys up to its end, then
+  concatenated (only when every row is a query);
+- ``decomposed-blocksN``: the same blocking over the opset-20 decomposition;
 - ``torch-sdpa``: torch.nn.functional.scaled_dot_product_attention, boolean mask;
 - ``torch-sdpa-causal``: the same with ``is_causal`` and no mask (what transformers runs).
 """
@@ -93,7 +97,46 @@ def _graphs(B, H, KVH, Q, S, D):
         graphs["gqa-contrib"] = (helper.make_model(g, opset_imports=[helper.make_opsetid("", 20),
                                                                      helper.make_opsetid("com.microsoft", 1)],
                                                    ir_version=10), ["q3", "kg3", "vg3", "seqlens", "total"])
+    if Q == S:
+        for n in (4, 8, 16, 32):
+            graphs[f"attention23-blocks{n}"] = (model(_blocked(n, S, "Attention", scale), [q, k_full, v_full, bmask]),
+                                                ["q", "k", "v", "bmask"])
+            g = helper.make_graph(_blocked(n, S, "decomposed", scale), "dec", [q, k_full, v_full, fmask], [out],
+                                  [scale_init])
+            graphs[f"decomposed-blocks{n}"] = (helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)],
+                                                                 ir_version=10), ["q", "k", "v", "fmask"])
     return graphs
+
+
+def _blocked(n, S, kind, scale):
+    """Query chunk c of n attends keys [0, end_c): the causal mask is false beyond them."""
+    from onnx import helper, numpy_helper
+
+    nodes, parts = [], []
+    bounds = [S * c // n for c in range(n + 1)]
+    const = lambda name, values: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(  # noqa: E731
+        np.array(values, np.int64), name))
+    nodes += [const("ax2", [2]), const("ax23", [2, 3]), const("zero", [0])]
+    for c in range(n):
+        a, b = bounds[c], bounds[c + 1]
+        nodes += [const(f"a{c}", [a]), const(f"b{c}", [b]), const(f"ab{c}", [a, 0]), const(f"bb{c}", [b, b])]
+        nodes += [helper.make_node("Slice", ["q", f"a{c}", f"b{c}", "ax2"], [f"q{c}"]),
+                  helper.make_node("Slice", ["k", "zero", f"b{c}", "ax2"], [f"k{c}"]),
+                  helper.make_node("Slice", ["v", "zero", f"b{c}", "ax2"], [f"v{c}"])]
+        if kind == "Attention":
+            nodes += [helper.make_node("Slice", ["bmask", f"ab{c}", f"bb{c}", "ax23"], [f"m{c}"]),
+                      helper.make_node("Attention", [f"q{c}", f"k{c}", f"v{c}", f"m{c}"], [f"o{c}"], scale=scale)]
+        else:
+            nodes += [helper.make_node("Slice", ["fmask", f"ab{c}", f"bb{c}", "ax23"], [f"m{c}"]),
+                      helper.make_node("Transpose", [f"k{c}"], [f"kt{c}"], perm=[0, 1, 3, 2]),
+                      helper.make_node("MatMul", [f"q{c}", f"kt{c}"], [f"s{c}"]),
+                      helper.make_node("Mul", [f"s{c}", "scale"], [f"ss{c}"]),
+                      helper.make_node("Add", [f"ss{c}", f"m{c}"], [f"sm{c}"]),
+                      helper.make_node("Softmax", [f"sm{c}"], [f"p{c}"], axis=-1),
+                      helper.make_node("MatMul", [f"p{c}", f"v{c}"], [f"o{c}"])]
+        parts.append(f"o{c}")
+    nodes.append(helper.make_node("Concat", parts, ["out"], axis=2))
+    return nodes
 
 
 def main(argv=None) -> int:

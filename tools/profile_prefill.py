@@ -2,6 +2,7 @@
 
     python tools/profile_prefill.py GRAPH.onnx [--runs 3] [--threads 2] [--rows 1088 --visual-rows 16:1040]
     python tools/profile_prefill.py GRAPH.onnx --torch      # also the PyTorch model of its vskip.json
+    python tools/profile_prefill.py COMPILED.onnx --torch --torch-backend torch-skip   # PyTorch, live rows only
 
 ONNX Runtime: its own profiler (``SessionOptions.enable_profiling``) over ``--runs`` runs
 after one warm-up; node events are summed per op type (the kernel time, not the session
@@ -57,14 +58,14 @@ def ort_profile(graph: Path, feeds: dict, runs: int, threads: int, options: dict
     return table
 
 
-def torch_profile(graph: Path, feeds: dict, runs: int, threads: int) -> dict:
+def torch_profile(graph: Path, feeds: dict, runs: int, threads: int, backend: str = "torch") -> dict:
     """aten op -> mean self-CPU milliseconds per run of the PyTorch model, plus "_wall_ms"."""
     import torch
 
     from vskip_compile.backends import open_session
     from vskip_compile.core.sidecar import read_sidecar
 
-    session = open_session(graph, "torch", sidecar=read_sidecar(graph), threads=threads)
+    session = open_session(graph, backend, sidecar=read_sidecar(graph), threads=threads)
     wanted = {s.name: feeds[s.name] for s in session.inputs}
     session.infer(wanted)  # warm-up
     walls = []
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, help="prompt rows (default 1088)")
     parser.add_argument("--visual-rows", help="visual rows as ranges (default 16:1040)")
     parser.add_argument("--torch", action="store_true", help="also profile the PyTorch model")
+    parser.add_argument("--torch-backend", default="torch", choices=["torch", "torch-skip"],
+                        help="the PyTorch run: the skip reference (every row) or torch-skip (live rows only)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="an ONNX Runtime session config entry, e.g. session.intra_op.allow_spinning=0")
     parser.add_argument("--json", type=Path, help="write the tables here")
@@ -118,8 +121,8 @@ def main(argv=None) -> int:
     result = {"ort": ort_profile(args.graph, feeds, args.runs, args.threads, options)}
     print(format_table(f"ONNX Runtime {args.graph.name}", result["ort"]))
     if args.torch:
-        result["torch"] = torch_profile(args.graph, feeds, args.runs, args.threads)
-        print(format_table("PyTorch eager (the model of vskip.json)", result["torch"]))
+        result["torch"] = torch_profile(args.graph, feeds, args.runs, args.threads, args.torch_backend)
+        print(format_table(f"PyTorch eager, {args.torch_backend} (the model of vskip.json)", result["torch"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

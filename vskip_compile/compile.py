@@ -51,6 +51,13 @@ class CompileReport:
     def actions(self) -> list[Action]:
         return list(self.plan.actions)
 
+    def pass_report(self, name: str):
+        """The report of the pass called ``name`` (a KeyError names the passes that ran)."""
+        for report in self.passes:
+            if report.name == name:
+                return report
+        raise KeyError(f"no pass {name!r} ran; the passes were {', '.join(p.name for p in self.passes)}")
+
     def summary(self) -> str:
         counts = {a: self.actions.count(a) for a in Action if self.actions.count(a)}
         actions = ", ".join(f"{a.value} x{n}" for a, n in counts.items())
@@ -124,12 +131,15 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
             compiled = export_onnx(graph)
             _copy_model_fields(model, compiled)
         else:
-            # No pass changed anything (the empty plan): the source graph itself, node for node
-            # and in its own order, plus the row inputs every compiled graph takes: identical
-            # numbers and the same execution plan, so it cannot be slower.
+            # No pass changed anything (the empty plan at opset 23): the source graph itself,
+            # node for node and in its own order: identical numbers and the same execution
+            # plan, so it cannot be slower.
             compiled = model
-            compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
-                                                                           [f"{name}_count"]) for name in row_inputs)
+        # Every compiled graph takes its plan's row inputs, used or not (the empty plan's too).
+        present = {i.name for i in compiled.graph.input}
+        compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
+                                                                       [f"{name}_count"])
+                                    for name in row_inputs if name not in present)
         record_compilation(compiled, plan_obj, family, row_inputs)
         write_graph(outputs, compiled, output, data_files, copies, progress)
         outputs.commit()

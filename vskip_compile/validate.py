@@ -113,7 +113,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
         raise VskipError(f"--atol must be a finite tolerance >= 0, got {atol}")
     if backend == TORCH.name:
         raise VskipError("--backend torch is the PyTorch reference itself; validate the graph on an ONNX "
-                         "backend (ort-cpu, ort-cuda, ort-trt)")
+                         "backend (ort-cpu, ort-cuda, ort-trt), or PyTorch's live-rows run on torch-skip")
     runner = get_backend(backend)  # an unavailable backend costs nothing: checked first
     if inputs is not None and visual_rows is None:
         raise VskipError("with --inputs, give --visual-rows (the visual rows of those feeds)")

@@ -18,7 +18,7 @@ from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 
 
 def test_registry_names_every_backend_once():
-    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "torch", "trt"]
+    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-skip", "trt"]
     with pytest.raises(VskipError, match="unknown backend 'tensorflow'; backends are ort-cpu, ort-cuda"):
         get_backend("tensorflow")
 
@@ -76,6 +76,20 @@ def test_ort_and_the_torch_reference_agree_through_one_interface(compiled_and_fe
         assert np.abs(got[name] - want[name]).max() <= FP32_ATOL, name
 
 
+def test_torch_skip_gives_the_compiled_graphs_outputs(compiled_and_feeds):
+    """The live-rows-only PyTorch run is the graph's semantics: same outputs, other name."""
+    from vskip_compile.core.sidecar import read_sidecar
+
+    out, export, feeds, visual, plan = compiled_and_feeds
+    skip = open_session(out, "torch-skip", sidecar=read_sidecar(export / "prefill.onnx"))
+    assert skip.plan == plan and skip.description.backend == "torch-skip"
+    feeds = {**feeds, **row_feeds(visual, ["vskip_text_rows", "vskip_suffix_rows"])}
+    got, want = skip.run(feeds), open_session(out, "ort-cpu").run(feeds)
+    assert list(got) == list(want)
+    for name in got:
+        assert np.abs(got[name] - want[name]).max() <= FP32_ATOL, name
+
+
 def test_sessions_check_their_feeds_before_running(compiled_and_feeds):
     from vskip_compile.core.sidecar import read_sidecar
 
@@ -118,3 +132,10 @@ def test_run_on_the_torch_backend(compiled_and_feeds, tmp_path, capsys):
         assert "torch (torch " in capsys.readouterr().err
     finally:
         beside.unlink(missing_ok=True)
+
+
+def test_ort_sessions_flush_denormals(compiled_and_feeds):
+    """vskip's one ONNX Runtime setting beyond threads (docs/benchmarks.md measures why)."""
+    out = compiled_and_feeds[0]
+    options = open_session(out).session.get_session_options()
+    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"

@@ -47,3 +47,20 @@ def test_markdown_names_the_command_machine_backends_and_configs():
     assert "vskip 0.1.0" in markdown and "torch None" not in markdown
     assert "| `torch:p` | 4.0" in markdown and "| `ort-cpu:p` | 1.000 | 1.000-1.000 | 2.000 |" in markdown
     assert "ort-cpu / torch time (median): vanilla 0.50, p 0.25" in markdown
+
+
+def test_a_faster_other_backend_is_said_in_words():
+    result = result_of({"ort-cpu:vanilla": [3.0], "ort-cpu:p": [1.0], "torch-skip:vanilla": [2.0],
+                        "torch-skip:p": [2.0]}, {"p": 3.0})
+    line = next(line for line in format_table(result).splitlines() if "time (median)" in line)
+    assert line == ("ort-cpu / torch-skip time (median): vanilla 1.50, p 0.50; "
+                    "torch-skip is faster than ort-cpu on this host for vanilla")
+
+
+def test_the_reference_backend_is_explained_only_when_timed():
+    times = {"ort-cpu:vanilla": [2.0], "ort-cpu:p": [1.0], "torch:vanilla": [4.0], "torch:p": [4.0]}
+    result = result_of(times, {"p": 3.0})
+    assert "computes every row" not in to_markdown(result)
+    result["backends"].append({"backend": "torch", "runtime": "torch", "version": "2", "device": "CPU",
+                               "precision": "fp32"})
+    assert "computes every row and zeroes the skipped ones" in to_markdown(result)

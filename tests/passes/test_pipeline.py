@@ -11,6 +11,7 @@ from vskip_compile.cli import main
 from vskip_compile.compile import compile_model
 from vskip_compile.core.plan import Action, Plan
 from vskip_compile.passes import pipeline
+from vskip_compile.passes.nan_guard import MoveNanGuard
 from vskip_compile.passes.pipeline import LayerChange, PassReport
 from vskip_compile.passes.skip_visual import SkipVisualRows
 
@@ -29,8 +30,8 @@ class Recorder:
                                       for i, a in enumerate(plan.actions) if a is not Action.FULL])
 
 
-def test_the_default_pipeline_is_the_skip_pass():
-    assert [type(p) for p in pipeline.default_passes()] == [SkipVisualRows]
+def test_the_default_pipeline_moves_nan_guards_then_skips():
+    assert [type(p) for p in pipeline.default_passes()] == [MoveNanGuard, SkipVisualRows]
 
 
 def test_compile_runs_every_pass_and_the_cli_prints_each(exported, tmp_path, monkeypatch, capsys):
@@ -53,9 +54,9 @@ def test_compile_runs_every_pass_and_the_cli_prints_each(exported, tmp_path, mon
 
 
 def test_a_graph_no_pass_changed_is_the_source_node_for_node(exported, tmp_path):
-    source = exported("qwen2_vl", 20) / "prefill.onnx"
+    source = exported("qwen2_vl", 23) / "prefill.onnx"     # Attention ops: no NaN guard to move
     report = compile_model(source, Plan.empty(4), tmp_path / "c.onnx")
-    assert [r.changed for r in report.passes] == [False]
+    assert [r.changed for r in report.passes] == [False, False]
     before = onnx.load(str(source), load_external_data=False).graph
     after = onnx.load(str(tmp_path / "c.onnx"), load_external_data=False).graph
     assert [n.SerializeToString() for n in after.node] == [n.SerializeToString() for n in before.node]

@@ -5,6 +5,7 @@ registry is the only list of them, and ``--backend`` takes its names.
     ort-cuda   ONNX Runtime, CUDA execution provider (onnxruntime-gpu)
     ort-trt    ONNX Runtime, TensorRT execution provider (onnxruntime-gpu with TensorRT)
     torch      the PyTorch skip reference
+    torch-skip the same model computing only the plan's live rows (what PyTorch's seconds are)
     trt        native TensorRT engines (not built yet)
 
 Importing this package imports no runtime: each backend imports its library when used.
@@ -18,12 +19,12 @@ from ..core.errors import VskipError
 from .base import Backend, Description, Session, TensorSpec, check_feeds
 from .ort import ORT_CPU, ORT_CUDA, ORT_TRT
 from .tensorrt import TENSORRT
-from .torch_reference import TORCH
+from .torch_reference import TORCH, TORCH_SKIP
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TENSORRT)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TORCH_SKIP, TENSORRT)}
 DEFAULT = ORT_CPU.name
 
-__all__ = ["BACKENDS", "DEFAULT", "TORCH", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
+__all__ = ["BACKENDS", "DEFAULT", "TORCH", "TORCH_SKIP", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
            "get_backend", "open_session"]
 
 

@@ -7,6 +7,11 @@ stands: validate compares against it, bench times it. The visual rows come from 
 inputs (every row not in ``vskip_text_rows``); the reference computes every row and zeroes
 the skipped rows' updates (:mod:`vskip_compile.models.reference`), so its timings of a
 plan show the hooks' cost, not a skip speedup.
+
+``torch-skip`` runs the same model and plan computing only the live rows
+(:mod:`vskip_compile.models.skipping`): a PyTorch implementation of the plan that saves
+the work, which is what the compiled graph's seconds are measured against. Its outputs
+are the reference's; validate's reference is always ``torch``.
 """
 
 from __future__ import annotations
@@ -24,17 +29,17 @@ from .base import Backend, Description, Session, TensorSpec
 
 class TorchSession(Session):
     def __init__(self, loaded, plan: Plan, inputs: list[TensorSpec], outputs: list[TensorSpec], all_logits: bool,
-                 threads: int | None = None):
+                 threads: int | None = None, name: str = "torch", skipping: bool = False):
         import torch
 
         from ..models.wrappers import PrefillDecoder, prefill_input_names
 
-        self.loaded, self.plan, self.threads = loaded, plan, threads
+        self.loaded, self.plan, self.threads, self.skipping = loaded, plan, threads, skipping
         self.names = prefill_input_names(loaded.family)
         self.inputs, self.outputs = inputs, outputs
         self.decoder = PrefillDecoder(loaded.family, loaded.model, all_logits=all_logits)
         dtype = next(loaded.model.parameters()).dtype
-        self.description = Description("torch", "torch", torch.__version__, "CPU",
+        self.description = Description(name, "torch", torch.__version__, "CPU",
                                        {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
                                        .get(dtype, str(dtype)))
 
@@ -42,7 +47,9 @@ class TorchSession(Session):
         import torch
 
         from ..models.reference import skip_reference
+        from ..models.skipping import skip_rows
 
+        run_plan = skip_rows if self.skipping else skip_reference
         visual = self._visual(feeds)
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names]
         rows = torch.from_numpy(visual).expand(tensors[0].shape[0], -1)
@@ -50,7 +57,7 @@ class TorchSession(Session):
         if self.threads:  # per run, so the process's own setting is left as it was
             torch.set_num_threads(self.threads)
         try:
-            with skip_reference(self.loaded.family, self.loaded.model, self.plan, rows), torch.no_grad():
+            with run_plan(self.loaded.family, self.loaded.model, self.plan, rows), torch.no_grad():
                 values = self.decoder(*tensors)
         finally:
             torch.set_num_threads(previous)
@@ -77,6 +84,7 @@ class TorchSession(Session):
 class TorchBackend(Backend):
     name = "torch"
     summary = "the PyTorch skip reference (the transformers model the graph was exported from)"
+    skipping = False
 
     def __init__(self):
         # One load per model and process: bench opens many graphs of one model.
@@ -131,7 +139,7 @@ class TorchBackend(Backend):
         outputs_ = [_spec(o) for o in graph.graph.output]
         logits = next((o for o in outputs_ if o.name == "logits"), None)
         all_logits = logits is None or len(logits.shape) < 2 or logits.shape[1] != 1
-        return TorchSession(loaded, plan, inputs, outputs_, all_logits, threads)
+        return TorchSession(loaded, plan, inputs, outputs_, all_logits, threads, self.name, self.skipping)
 
     def _model(self, source: str, seed: int, progress):
         key = (source, seed)
@@ -152,4 +160,11 @@ def _spec(info) -> TensorSpec:
     return TensorSpec(info.name, shape, tensor_dtype_to_np_dtype(tensor.elem_type).type if tensor.elem_type else None)
 
 
+class TorchSkipBackend(TorchBackend):
+    name = "torch-skip"
+    summary = "the same model, computing only the plan's live rows (PyTorch's speed on the plan)"
+    skipping = True
+
+
 TORCH = TorchBackend()
+TORCH_SKIP = TorchSkipBackend()

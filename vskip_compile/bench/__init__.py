@@ -10,6 +10,8 @@ Everything runs in one process, every backend through the one interface of
    (:mod:`.inputs`);
 2. each plan is compiled into its own graph, beside the source by default (sharing its
    external weights, removed afterwards), or into ``workdir`` (kept) (:mod:`.staging`);
+   the vanilla graph is the source compiled with the empty plan, so the compiler's
+   plan-independent rewrites (e.g. moved NaN guards) are in the baseline too;
 3. every backend loads the vanilla graph and every compiled graph once, with a fixed
    thread count;
 4. random inputs are made once, from the first backend's vanilla session inputs, over
@@ -118,13 +120,18 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     dims = info.dims()
     given = [recorded(Path(g), info.num_layers) for g in compiled_graphs]
     loaded_plans = load_plans([*plans, *given], info)
-    staging = prepare(model, [label for label, _, _ in loaded_plans], [None] * len(plans) + [g.path for g in given],
-                      workdir, reports)
+    # The vanilla config is the source compiled with the empty plan: the plan-independent
+    # passes (passes/nan_guard.py) change it as they change every plan's graph, so a
+    # speedup is the skipping's alone.
+    vanilla = (VANILLA, Plan.empty(info.num_layers), "")
+    staging = prepare(model, [label for label, _, _ in [vanilla, *loaded_plans]],
+                      [None] * (1 + len(plans)) + [g.path for g in given], workdir, reports)
 
-    with compile_plans(staging, loaded_plans, force=force, progress=progress) as graphs:
+    with compile_plans(staging, [vanilla, *loaded_plans], force=force, progress=progress) as compiled:
+        vanilla_graph, graphs = compiled[0], compiled[1:]
         # Before any timing, so a failing FLOPs counter costs no benchmark time.
         ideals, ideal_source = ideal_speedups(ideal, model, dims, loaded_plans, graphs, visual, progress)
-        configs, descriptions, notes = _configs(runners, model, loaded_plans, graphs, visual, info, threads,
+        configs, descriptions, notes = _configs(runners, vanilla_graph, loaded_plans, graphs, visual, info, threads,
                                                 seed, progress)
         measure(configs, warmup, rounds, clock, progress)
 
@@ -136,7 +143,7 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "versions": versions(), "backends": descriptions,
-        "model": str(model), "family": info.family, "num_layers": info.num_layers, "hidden_size": info.hidden_size,
+        "model": str(model), "vanilla_graph": VANILLA_GRAPH, "family": info.family, "num_layers": info.num_layers, "hidden_size": info.hidden_size,
         **record(visual),
         "inputs": notes, "threads": threads, "warmup": warmup, "rounds": rounds,
         "order": "rotating: round r starts with config r mod k",
@@ -152,6 +159,9 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
             reports.write_text(markdown_path, to_markdown(result))
         reports.commit()
     return result
+
+
+VANILLA_GRAPH = "the source compiled with the empty plan"
 
 
 def _backends(names: Sequence[str]) -> list:

@@ -145,14 +145,19 @@ def format_table(result: dict) -> str:
 
 
 def _ratio_lines(result: dict) -> list[str]:
-    """'<first> / <other> time (median): vanilla 0.52, plan 0.31' per other backend."""
+    """'<first> / <other> time (median): vanilla 0.52, plan 0.31' per other backend, and
+    which configs the other backend runs faster on this host, said in words."""
     lines = []
     for key, value in result["vanilla"].get("ratios", {}).items():
         first, other = key.split("/", 1)
-        parts = [f"{VANILLA} {value['ratio_of_medians']:.2f}"]
-        parts += [f"{p['name']} {p['ratios'][key]['ratio_of_medians']:.2f}" for p in result["plans"]
-                  if key in p.get("ratios", {})]
-        lines.append(f"{first} / {other} time (median): " + ", ".join(parts))
+        ratios = [(VANILLA, value["ratio_of_medians"])]
+        ratios += [(p["name"], p["ratios"][key]["ratio_of_medians"]) for p in result["plans"]
+                   if key in p.get("ratios", {})]
+        line = f"{first} / {other} time (median): " + ", ".join(f"{name} {r:.2f}" for name, r in ratios)
+        faster = [name for name, r in ratios if r > 1]
+        if faster:
+            line += f"; {other} is faster than {first} on this host for {', '.join(faster)}"
+        lines.append(line)
     return lines
 
 
@@ -177,7 +182,10 @@ def to_markdown(result: dict) -> str:
            f"- method: {result['warmup']} warm-up + {result['rounds']} rounds, every config once per round, "
            "order rotating between rounds; speedup = vanilla median / plan median on the same backend, "
            "paired = per-round ratio; realized = (speedup - 1) / (ideal - 1)",
-           f"- ideal speedup: {result['ideal_source']}", ""]
+           f"- ideal speedup: {result['ideal_source']}"]
+    if result.get("vanilla_graph"):
+        out.append(f"- vanilla: {result['vanilla_graph']}")
+    out.append("")
     out.append("| " + " | ".join(_HEADER) + " |")
     out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(_HEADER))) + "|")
     out += ["| " + " | ".join(f"`{c}`" if i == 0 else str(c) for i, c in enumerate(line)) + " |"
@@ -185,7 +193,9 @@ def to_markdown(result: dict) -> str:
     ratios = _ratio_lines(result)
     if ratios:
         out += [""] + [line + "  " for line in ratios[:-1]] + [
-            ratios[-1] + " (the same graph and plan on each backend; a reference backend such as the PyTorch "
-            "skip reference computes every row and zeroes the skipped ones, so its plan rows show its hooks' "
-            "cost, not a speedup)"]
+            ratios[-1] + " (the same graph and plan on each backend)"]
+        if any(d["backend"] == "torch" for d in result.get("backends", [])):
+            out += ["", "The `torch` backend is the PyTorch skip reference: it computes every row and zeroes the "
+                    "skipped ones, so its plan rows show its hooks' cost, not a speedup; `torch-skip` computes "
+                    "only the live rows."]
     return "\n".join(out) + "\n"
