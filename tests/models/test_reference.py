@@ -79,6 +79,12 @@ def _prefill(loaded, feeds):
         return module(*(feeds[name] for name in prefill_input_names(loaded.family)))
 
 
+def _prefill_under(run_plan, loaded, plan: Plan, inputs):
+    """The prefill's outputs inside ``run_plan``'s block (skip_reference, skip_rows, ...)."""
+    with run_plan(loaded.family, loaded.model, plan, inputs.visual_rows):
+        return _prefill(loaded, inputs.feeds)
+
+
 def _inputs(loaded, seed=11):
     prompt = synthetic_prompt(loaded.family, loaded.config, [2, "image", 3, "image", 4], batch=2,
                               left_pad=[0, 3], seed=seed)
@@ -88,6 +94,14 @@ def _inputs(loaded, seed=11):
 def _random_plan(num_layers: int, rng: random.Random) -> Plan:
     return Plan(tuple(rng.choice(list(Action)) for _ in range(num_layers)),
                 rng.choice(list(FreezeScope)))
+
+
+def _plans(loaded, label: str, random_plans: int) -> list[Plan]:
+    """Every action in every layer under both freeze scopes, then seeded random mixes."""
+    num_layers = len(loaded.family.decoder_layers(loaded.model))
+    rng = random.Random(label)
+    return ([Plan((a,) * num_layers, s) for a in Action for s in FreezeScope]
+            + [_random_plan(num_layers, rng) for _ in range(random_plans)])
 
 
 def _compare(got, want, mask, atol):
@@ -113,16 +127,10 @@ def test_empty_plan_is_bit_identical(family):
 def test_random_plans_match_slow_formulation(family):
     loaded = tiny_model(family)
     prompt, inputs = _inputs(loaded)
-    num_layers = len(loaded.family.decoder_layers(loaded.model))
-    rng = random.Random(f"reference-{family}")
-    plans = [Plan((a,) * num_layers, s) for a in Action for s in FreezeScope]
-    plans += [_random_plan(num_layers, rng) for _ in range(6)]
     vanilla = _prefill(loaded, inputs.feeds)
-    for plan in plans:
-        with skip_reference(loaded.family, loaded.model, plan, inputs.visual_rows):
-            fast = _prefill(loaded, inputs.feeds)
-        with slow_reference(loaded.family, loaded.model, plan, inputs.visual_rows):
-            slow = _prefill(loaded, inputs.feeds)
+    for plan in _plans(loaded, f"reference-{family}", 6):
+        fast = _prefill_under(skip_reference, loaded, plan, inputs)
+        slow = _prefill_under(slow_reference, loaded, plan, inputs)
         _compare(fast, slow, prompt.attention_mask, REFERENCE_ATOL)
         if not plan.is_empty:  # the plan must really change the text rows' result
             change = (fast[0] - vanilla[0])[prompt.attention_mask.bool()].abs().max()

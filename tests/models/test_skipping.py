@@ -9,14 +9,12 @@ plans, a padded batch of two and two images. The timing backend built on it
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from conftest import FAMILIES, tiny_model
-from test_reference import _compare, _inputs, _prefill, _random_plan
-from vskip_compile.core.plan import Action, FreezeScope, Plan
+from test_reference import _compare, _inputs, _plans, _prefill, _prefill_under
+from vskip_compile.core.plan import Action, Plan
 from vskip_compile.models.reference import skip_reference
 from vskip_compile.models.skipping import skip_rows
 
@@ -27,16 +25,9 @@ ATOL = 1e-4
 def test_skipping_matches_the_reference(family):
     loaded = tiny_model(family)
     prompt, inputs = _inputs(loaded)
-    num_layers = len(loaded.family.decoder_layers(loaded.model))
-    rng = random.Random(f"skipping-{family}")
-    plans = [Plan((a,) * num_layers, s) for a in Action for s in FreezeScope]
-    plans += [_random_plan(num_layers, rng) for _ in range(4)]
-    for plan in plans:
-        with skip_reference(loaded.family, loaded.model, plan, inputs.visual_rows):
-            want = _prefill(loaded, inputs.feeds)
-        with skip_rows(loaded.family, loaded.model, plan, inputs.visual_rows):
-            got = _prefill(loaded, inputs.feeds)
-        _compare(got, want, prompt.attention_mask, ATOL)
+    for plan in _plans(loaded, f"skipping-{family}", 4):
+        want = _prefill_under(skip_reference, loaded, plan, inputs)
+        _compare(_prefill_under(skip_rows, loaded, plan, inputs), want, prompt.attention_mask, ATOL)
 
 
 def test_skipping_computes_fewer_rows():
@@ -94,8 +85,5 @@ def test_one_unpadded_prompt(family):
     inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
     num_layers = len(loaded.family.decoder_layers(loaded.model))
     for plan in (Plan((Action.SKIP_ATTENTION,) * num_layers), Plan((Action.FREEZE,) * num_layers)):
-        with skip_reference(loaded.family, loaded.model, plan, inputs.visual_rows):
-            want = _prefill(loaded, inputs.feeds)
-        with skip_rows(loaded.family, loaded.model, plan, inputs.visual_rows):
-            got = _prefill(loaded, inputs.feeds)
-        _compare(got, want, prompt.attention_mask, ATOL)
+        want = _prefill_under(skip_reference, loaded, plan, inputs)
+        _compare(_prefill_under(skip_rows, loaded, plan, inputs), want, prompt.attention_mask, ATOL)
