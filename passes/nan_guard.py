@@ -11,8 +11,9 @@ Both select over every element they see, and P is [B, H, S, S] while O is [B, H,
 for S = 1088 and dh = 64 the guard reads 17x less. On ONNX Runtime CPU the S x S Where and
 IsNaN were 24% of a vanilla opset-20 prefill (docs/benchmarks.md).
 
-Exact for finite queries, keys and values. With a mask of 0 and -inf and finite scores, a
-row of P is NaN exactly when every key of that query is masked, and then wholly NaN: the
+Exact for finite queries, keys and values and a mask whose entries are finite or -inf (the
+exporters' 0 / -inf). Then a row of P is NaN exactly when every key of that query is masked
+(-inf), and then wholly NaN: the
 old guard makes that row of P zero, so its row of O is zero; the new one finds that row of
 O NaN (NaN x V) and makes it zero. Every other row has no NaN and passes both guards
 unchanged, with the same P x V product. Only a NaN or Inf already in Q, K or V (a failure

@@ -81,14 +81,16 @@ class TorchSession(Session):
         return visual
 
 
+# One load per model and process, shared by torch and torch-skip: bench opens many graphs
+# of one model, and each block leaves the model as it found it.
+_MODELS: dict[tuple, object] = {}
+
+
 class TorchBackend(Backend):
     name = "torch"
     summary = "the PyTorch skip reference (the transformers model the graph was exported from)"
     skipping = False
 
-    def __init__(self):
-        # One load per model and process: bench opens many graphs of one model.
-        self._models: dict[tuple, object] = {}
 
     def unavailable(self) -> str | None:
         try:
@@ -143,13 +145,13 @@ class TorchBackend(Backend):
 
     def _model(self, source: str, seed: int, progress):
         key = (source, seed)
-        if key not in self._models:
+        if key not in _MODELS:
             from ..models.loading import load_model
 
             if progress:
                 progress(f"loading {source} for PyTorch")
-            self._models[key] = load_model(source, seed=seed)
-        return self._models[key]
+            _MODELS[key] = load_model(source, seed=seed)
+        return _MODELS[key]
 
 
 def _spec(info) -> TensorSpec:
