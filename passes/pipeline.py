@@ -32,6 +32,7 @@ class LayerChange:
 class PassReport:
     name: str
     layers: list[LayerChange] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)   # (layer, why) a pass looked at and left
 
     @property
     def changed(self) -> bool:
@@ -54,7 +55,8 @@ class PassReport:
     def to_dict(self) -> dict:
         return {"name": self.name, "nodes_added": self.nodes_added,
                 "layers": [{"layer": c.index, "action": c.action.value, "rows": c.rows,
-                            "nodes_added": c.nodes_added, "note": c.note} for c in self.layers]}
+                            "nodes_added": c.nodes_added, "note": c.note} for c in self.layers],
+                "skipped": [{"layer": index, "why": why} for index, why in self.skipped]}
 
 
 class Pass(Protocol):
@@ -66,12 +68,18 @@ class Pass(Protocol):
         """Rewrite ``structure.graph`` in place as ``plan`` says; report per layer."""
 
 
-def default_passes() -> list[Pass]:
-    """The passes ``compile`` runs, in order."""
+def default_passes(causal_blocks: int = 0) -> list[Pass]:
+    """The passes ``compile`` runs, in order; ``causal_blocks`` >= 2 adds the opt-in
+    causal blocking (passes/causal_blocks.py) after the skip pass."""
     from .nan_guard import MoveNanGuard
     from .skip_visual import SkipVisualRows
 
-    return [MoveNanGuard(), SkipVisualRows()]
+    passes: list[Pass] = [MoveNanGuard(), SkipVisualRows()]
+    if causal_blocks:
+        from .causal_blocks import CausalBlocks
+
+        passes.append(CausalBlocks(causal_blocks))
+    return passes
 
 
 def run_passes(structure: DecoderStructure, plan: Plan, passes: list[Pass] | None = None) -> list[PassReport]:

@@ -253,3 +253,17 @@ def test_shipped_bench_plans_match_the_tool():
     assert [i for i, a in enumerate(opskip) if a is S] == [1, 11, 12, 13, 14, 15]
     assert opskip[16:] == (F,) * 8                                  # the last third
     assert plans["freeze_after2"][0].actions == (A,) * 3 + (F,) * 21
+
+
+def test_bench_compiles_every_graph_with_the_causal_blocks_it_is_given(exported, tmp_path):
+    model = exported("qwen2_vl") / "prefill.onnx"
+    with pytest.raises(VskipError, match="--causal-blocks must be 0 .off. or an integer in 2-64, got 1"):
+        run_bench(model, [Plan((Action.FREEZE,) * 4)], visual=SMALL, warmup=0, rounds=1, causal_blocks=1,
+                  workdir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()                        # refused before any work
+    result = run_bench(model, [Plan((Action.SKIP_FFN,) * 4)], visual=SMALL, warmup=0, rounds=1, causal_blocks=4,
+                       workdir=tmp_path / "work")
+    assert result["causal_blocks"] == 4 and "- causal blocks: 4" in bench.to_markdown(result)
+    for config in result["configs"]:                                  # vanilla and the plan: every layer blocked
+        graph = onnx.load(config["graph"], load_external_data=False)
+        assert sum(n.op_type == "Softmax" for n in graph.graph.node) == 4 * 4, config["name"]

@@ -73,6 +73,15 @@ class CompileReport:
                 "external_data": self.external_data}
 
 
+def check_causal_blocks(blocks: int) -> int:
+    """``blocks`` if it is 0 (off) or a valid chunk count, else one line on what is."""
+    from .passes.causal_blocks import MAX_BLOCKS
+
+    if type(blocks) is not int or not (blocks == 0 or 2 <= blocks <= MAX_BLOCKS):
+        raise VskipError(f"--causal-blocks must be 0 (off) or an integer in 2-{MAX_BLOCKS}, got {blocks}")
+    return blocks
+
+
 def default_output(model_path: str | Path) -> Path:
     path = Path(model_path)
     return path.with_name(f"{path.stem}.vskip.onnx")
@@ -80,18 +89,22 @@ def default_output(model_path: str | Path) -> Path:
 
 def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str | Path | None = None,
                   force: bool = False, progress: Callable[[str], None] | None = None,
-                  extra_outputs: Callable[[Path], list[Path]] | None = None) -> CompileReport:
+                  extra_outputs: Callable[[Path], list[Path]] | None = None,
+                  causal_blocks: int = 0) -> CompileReport:
     """Compile ``model_path`` with ``plan`` (a plan file or a Plan) into ``output``.
 
+    ``causal_blocks`` >= 2 also cuts full-query attention cores into that many causal
+    query chunks (:mod:`passes.causal_blocks`; 0: off).
     ``extra_outputs(output)`` names further files the caller will write for this output
     (the --report files): they are claimed, so refused, before any work is done.
     """
     from onnx_graphsurgeon import export_onnx, import_onnx
 
     from .passes.locate import format_table, locate_layers, node_scopes
-    from .passes.pipeline import run_passes
+    from .passes.pipeline import default_passes, run_passes
 
     start = time.perf_counter()
+    passes = default_passes(check_causal_blocks(causal_blocks))
     model_path = input_file(model_path, "ONNX model", MAX_GRAPH_BYTES)
     output = Path(output) if output else default_output(model_path)
     outputs = Outputs([model_path] + ([] if isinstance(plan, Plan) else [plan]), force=force)
@@ -125,7 +138,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
                      f"({structure.layers[0].attention.kind if structure.layers else '-'} attention)")
         nodes_before = len(graph.nodes)
         table = format_table(structure)
-        reports = run_passes(structure, plan_obj)
+        reports = run_passes(structure, plan_obj, passes)
         row_inputs = plan_row_inputs(plan_obj)
         if any(report.changed for report in reports):
             compiled = export_onnx(graph)
@@ -140,7 +153,8 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
         compiled.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
                                                                        [f"{name}_count"])
                                     for name in row_inputs if name not in present)
-        record_compilation(compiled, plan_obj, family, row_inputs)
+        blocked = any(r.name == "causal_blocks" and r.changed for r in reports)
+        record_compilation(compiled, plan_obj, family, row_inputs, causal_blocks if blocked else 0)
         write_graph(outputs, compiled, output, data_files, copies, progress)
         outputs.commit()
     return CompileReport(

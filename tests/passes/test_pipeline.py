@@ -36,7 +36,7 @@ def test_the_default_pipeline_moves_nan_guards_then_skips():
 
 def test_compile_runs_every_pass_and_the_cli_prints_each(exported, tmp_path, monkeypatch, capsys):
     recorder = Recorder()
-    monkeypatch.setattr(pipeline, "default_passes", lambda: [SkipVisualRows(), recorder])
+    monkeypatch.setattr(pipeline, "default_passes", lambda causal_blocks=0: [SkipVisualRows(), recorder])
     plan = {"format": "vskip-plan", "version": 1, "model": {"num_layers": 4}, "layers": {"1": "freeze"}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     out = tmp_path / "c.onnx"

@@ -82,7 +82,7 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
               command: str | None = None, json_path: str | Path | None = None,
               markdown_path: str | Path | None = None, progress: Callable[[str], None] | None = None,
               clock: Callable[[], float] = time.perf_counter, compiled_graphs: Sequence[str | Path] = (),
-              force: bool = False) -> dict:
+              force: bool = False, causal_blocks: int = 0) -> dict:
     """Time MODEL.onnx against each plan's compiled graph on every backend; returns the
     JSON-ready result.
 
@@ -99,7 +99,8 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     ``command`` is recorded as the command line (default: this process's argv).
     ``json_path`` / ``markdown_path``: where to write the result (checked before any work).
     ``force``: replace existing report files and, in ``workdir``, compiled graphs; never
-    one of the inputs.
+    one of the inputs. ``causal_blocks``: compile the vanilla graph and every plan with
+    that many causal blocks (``vskip-compile --causal-blocks``; 0: off).
     """
     model = input_file(model, "ONNX model")
     threads = default_threads() if threads is None else threads
@@ -108,6 +109,9 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         if type(value) is not int or not low <= value <= high:
             raise VskipError(f"{name} must be an integer in {low}-{high}, got {value}")
     visual = default_visual() if visual is None else check_visual(visual)
+    from ..compile import check_causal_blocks  # onnx: not at start-up
+
+    check_causal_blocks(causal_blocks)
     runners = _backends(backends)
     plan_files = [p for p in plans if not isinstance(p, Plan)]
     reports = Outputs([model, *plan_files, *compiled_graphs, *sidecar_files(model, sidecar)], force=force)
@@ -127,7 +131,8 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     staging = prepare(model, [label for label, _, _ in [vanilla, *loaded_plans]],
                       [None] * (1 + len(plans)) + [g.path for g in given], workdir, reports)
 
-    with compile_plans(staging, [vanilla, *loaded_plans], force=force, progress=progress) as compiled:
+    with compile_plans(staging, [vanilla, *loaded_plans], force=force, progress=progress,
+                       causal_blocks=causal_blocks) as compiled:
         vanilla_graph, graphs = compiled[0], compiled[1:]
         # Before any timing, so a failing FLOPs counter costs no benchmark time.
         ideals, ideal_source = ideal_speedups(ideal, model, dims, loaded_plans, graphs, visual, progress)
@@ -145,7 +150,7 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         "machine": machine_info(), "versions": versions(), "backends": descriptions,
         "model": str(model), "vanilla_graph": VANILLA_GRAPH, "family": info.family, "num_layers": info.num_layers, "hidden_size": info.hidden_size,
         **record(visual),
-        "inputs": notes, "threads": threads, "warmup": warmup, "rounds": rounds,
+        "inputs": notes, "causal_blocks": causal_blocks, "threads": threads, "warmup": warmup, "rounds": rounds,
         "order": "rotating: round r starts with config r mod k",
         "ideal_source": ideal_source,
         "peak_rss_mib": peak_rss_mib(),

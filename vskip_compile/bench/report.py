@@ -185,6 +185,9 @@ def to_markdown(result: dict) -> str:
            f"- ideal speedup: {result['ideal_source']}"]
     if result.get("vanilla_graph"):
         out.append(f"- vanilla: {result['vanilla_graph']}")
+    if result.get("causal_blocks"):
+        out.append(f"- causal blocks: {result['causal_blocks']} (the vanilla graph and every plan compiled here; "
+                   "--compiled graphs as they were compiled)")
     out.append("")
     out.append("| " + " | ".join(_HEADER) + " |")
     out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(_HEADER))) + "|")

@@ -60,7 +60,7 @@ def prepare(model: Path, labels: list[str], prebuilt: list[Path | None], workdir
 
 @contextlib.contextmanager
 def compile_plans(staging: Staging, plans: list[tuple[str, Plan, str]], *, force: bool = False,
-                    progress: Callable[[str], None] | None = None) -> Iterator[list[Path]]:
+                    progress: Callable[[str], None] | None = None, causal_blocks: int = 0) -> Iterator[list[Path]]:
     """Compile every plan not given compiled; yields the graphs, one per plan. Hidden
     graphs beside the source are removed on leaving, however it is left."""
     from ..compile import compile_model
@@ -76,7 +76,7 @@ def compile_plans(staging: Staging, plans: list[tuple[str, Plan, str]], *, force
             if not staging.keep:
                 register_temp(output)  # hidden beside the source: removed on any exit, signals included
                 made.append(output)
-            compile_model(source, plan, output, force=force, progress=progress)
+            compile_model(source, plan, output, force=force, progress=progress, causal_blocks=causal_blocks)
         yield list(staging.targets)
     finally:
         for path in made:

@@ -31,6 +31,7 @@ from .visual_rows import ROW_INPUTS
 
 PLAN_METADATA = "vskip.plan"
 ROWS_METADATA = "vskip.row_inputs"
+BLOCKS_METADATA = "vskip.causal_blocks"
 MIN_OPSET = 13  # Unsqueeze/Squeeze take axes as inputs and Softmax is per-axis from 13 on
 
 
@@ -190,10 +191,26 @@ def recorded_plan(model: onnx.ModelProto, source: str | Path = "graph") -> Plan 
                          "the graph's metadata is damaged") from None
 
 
-def record_compilation(model: onnx.ModelProto, plan: Plan, family: str | None, row_inputs: list[str]) -> None:
-    """Mark ``model`` as compiled with ``plan``, taking ``row_inputs``."""
+def record_compilation(model: onnx.ModelProto, plan: Plan, family: str | None, row_inputs: list[str],
+                       causal_blocks: int = 0) -> None:
+    """Mark ``model`` as compiled with ``plan``, taking ``row_inputs`` (and, when it was
+    blocked, with ``causal_blocks`` query chunks per full-query core)."""
     set_metadata(model, PLAN_METADATA, json.loads(to_json(plan, family=family)))
     set_metadata(model, ROWS_METADATA, row_inputs)
+    if causal_blocks:
+        set_metadata(model, BLOCKS_METADATA, causal_blocks)
+
+
+def recorded_causal_blocks(model: onnx.ModelProto) -> int:
+    """The causal blocks a compiled graph records (0: none)."""
+    for entry in model.metadata_props:
+        if entry.key == BLOCKS_METADATA:
+            try:
+                value = json.loads(entry.value)
+            except ValueError:
+                value = None
+            return value if type(value) is int else -1
+    return 0
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value) -> None:

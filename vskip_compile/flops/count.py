@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..core.graph_io import load_graph, recorded_plan
+from ..core.graph_io import load_graph, recorded_causal_blocks, recorded_plan
 from ..core.plan import Rows
 from ..core.shapes import InferredShapes, ShapeInferenceError
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask
@@ -95,6 +95,10 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
         model = load_graph(source, weights_needed=False)
+    if recorded_causal_blocks(model):
+        raise FlopsError(f"{source or 'the graph'} was compiled with --causal-blocks, whose query chunks the FLOPs "
+                         "counter does not count yet; count the graph compiled without it (the same products, "
+                         "less the chunks' skipped keys)")
     stripped = _shapes_only(model)
     _fix_input_dims(stripped, B, S, V, U, dims or {})
     graph = gs.import_onnx(stripped)
