@@ -44,9 +44,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from vskip_compile.core.errors import VskipError
 from vskip_compile.core.plan import Plan, Rows
 
-from .graph_queries import AttentionCore, given, producer
+from .graph_queries import AttentionCore, const_ints, const_values, given, producer
 from .locate import DecoderStructure
 from .pipeline import LayerChange, PassReport
 from .rows import Builder
@@ -61,14 +62,21 @@ MAX_MASK_DEPTH = 12           # nodes from a mask back to its index comparison
 ENTRYWISE = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "IsNaN", "Tanh", "Dropout"}
 
 
+def check_blocks(blocks: int) -> int:
+    """``blocks`` if it is 0 (off) or a chunk count in 2-MAX_BLOCKS, else one line on what is."""
+    if type(blocks) is not int or not (blocks == 0 or 2 <= blocks <= MAX_BLOCKS):
+        raise VskipError(f"--causal-blocks must be 0 (off) or an integer in 2-{MAX_BLOCKS}, got {blocks}")
+    return blocks
+
+
 class CausalBlocks:
     """The pass (see the module docstring); ``blocks`` query chunks per blocked core."""
 
     name = "causal_blocks"
 
     def __init__(self, blocks: int):
-        if type(blocks) is not int or not 2 <= blocks <= MAX_BLOCKS:
-            raise ValueError(f"causal blocks must be an integer in 2-{MAX_BLOCKS}, got {blocks!r}")
+        if check_blocks(blocks) == 0:
+            raise ValueError("CausalBlocks(0): 0 means no causal blocking; leave the pass out")
         self.blocks = blocks
 
     def run(self, structure: DecoderStructure, plan: Plan) -> PassReport:
@@ -131,7 +139,7 @@ def _range_axis(tensor) -> tuple[gs.Node, int] | None:
     inserted: list[list[int]] = []
     node = producer(tensor)
     while node is not None and node.op == "Unsqueeze":
-        axes = _ints(node.inputs[1]) if len(node.inputs) > 1 else list(node.attrs.get("axes", []))
+        axes = const_ints(node.inputs[1]) if len(node.inputs) > 1 else list(node.attrs.get("axes", []))
         if axes is None:
             return None
         inserted.append(axes)
@@ -151,23 +159,8 @@ def _range_axis(tensor) -> tuple[gs.Node, int] | None:
 
 
 def _scalar(tensor) -> float | None:
-    if isinstance(tensor, gs.Constant):
-        values = np.asarray(tensor.values)
-    else:
-        node = producer(tensor)
-        if node is None or node.op != "Constant" or "value" not in node.attrs:
-            return None
-        values = np.asarray(node.attrs["value"].values)
-    return float(values.reshape(-1)[0]) if values.size == 1 else None
-
-
-def _ints(tensor) -> list[int] | None:
-    if isinstance(tensor, gs.Constant):
-        return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
-    node = producer(tensor)
-    if node is not None and node.op == "Constant" and "value" in node.attrs:
-        return [int(v) for v in np.asarray(node.attrs["value"].values).reshape(-1)]
-    return None
+    values = const_values(tensor)
+    return float(values.reshape(-1)[0]) if values is not None and values.size == 1 else None
 
 
 # ----------------------------------------------------------------------------- the rewrite

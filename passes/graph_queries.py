@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 # Op families the searches look through. Each search is a short loop over one of these sets.
@@ -70,6 +71,22 @@ def producer(tensor) -> gs.Node | None:
 def given(tensor) -> bool:
     """False for the empty name gs gives an omitted optional input."""
     return tensor is not None and bool(tensor.name)
+
+
+def const_values(tensor) -> np.ndarray | None:
+    """The values of an initializer or of a Constant node's output; None for anything else."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        return np.asarray(node.attrs["value"].values)
+    return None
+
+
+def const_ints(tensor) -> list[int] | None:
+    """:func:`const_values` as a flat list of ints (shapes, axes, indices); None for none."""
+    values = const_values(tensor) if tensor is not None else None
+    return None if values is None else [int(v) for v in values.reshape(-1)]
 
 
 class GraphQueries:

@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from vskip_compile.core.plan import Plan
 
-from .graph_queries import producer
+from .graph_queries import const_values
 from .locate import DecoderStructure
 from .pipeline import LayerChange, PassReport
 
@@ -102,12 +102,5 @@ def move_guard(graph: gs.Graph, core: list[gs.Node]) -> list[gs.Node] | None:
 
 
 def _is_zero(tensor) -> bool:
-    if isinstance(tensor, gs.Constant):
-        values = tensor.values
-    else:
-        node = producer(tensor)
-        if node is None or node.op != "Constant" or "value" not in node.attrs:
-            return False
-        values = node.attrs["value"].values
-    values = np.asarray(values)
-    return values.size == 1 and float(values.reshape(-1)[0]) == 0.0
+    values = const_values(tensor)
+    return values is not None and values.size == 1 and float(values.reshape(-1)[0]) == 0.0

@@ -75,7 +75,7 @@ def default_passes(causal_blocks: int = 0) -> list[Pass]:
     from .skip_visual import SkipVisualRows
 
     passes: list[Pass] = [MoveNanGuard(), SkipVisualRows()]
-    if causal_blocks:
+    if causal_blocks:  # CausalBlocks refuses a count outside 2-64 (VskipError, one line)
         from .causal_blocks import CausalBlocks
 
         passes.append(CausalBlocks(causal_blocks))

@@ -36,6 +36,8 @@ import onnx_graphsurgeon as gs
 
 from vskip_compile.core.errors import VskipError
 
+from .graph_queries import const_ints
+
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -173,15 +175,6 @@ def _same_dim(a, b) -> bool:
     return int(a) == int(b)
 
 
-def _const_ints(tensor: gs.Tensor | None) -> list[int] | None:
-    if isinstance(tensor, gs.Constant):
-        return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
-    producer = tensor.inputs[0] if tensor is not None and tensor.inputs else None
-    if producer is not None and producer.op == "Constant" and "value" in producer.attrs:
-        return [int(v) for v in np.asarray(producer.attrs["value"].values).reshape(-1)]
-    return None
-
-
 class _Clone:
     """State of one restriction: original tensor id -> restricted / recomputed tensor."""
 
@@ -282,7 +275,7 @@ def _reduce(c: _Clone, node: gs.Node, r: Restricted):
     rank = len(_dims(r.original))
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
-        axes = _const_ints(node.inputs[1])
+        axes = const_ints(node.inputs[1])
         if axes is None:
             c.fail(node, "its axes are not constant")
     if not axes:
@@ -349,7 +342,7 @@ def _axes_of(c: _Clone, node: gs.Node, index: int) -> list[int] | None:
     if "axes" in node.attrs:
         return list(node.attrs["axes"])
     if len(node.inputs) > index and node.inputs[index].name:
-        axes = _const_ints(node.inputs[index])
+        axes = const_ints(node.inputs[index])
         if axes is None:
             c.fail(node, "its axes are not constant")
         return axes
@@ -385,7 +378,7 @@ def _slice(c: _Clone, node: gs.Node, r: Restricted):
         # A bound from the row count of Shape(rows) is n where the source had S: right only
         # on the row axis, which a Slice may not cut anyway.
         c.fail(node, "its bounds come from the shape of the restricted rows")
-    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    axes = const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
     if axes is None:
         c.fail(node, "its axes are not given as constants")
     if r.axis in [_normalized_axis(a, rank) for a in axes]:
@@ -470,7 +463,7 @@ def _unrepeated_kv(tensor: gs.Tensor, query_heads) -> gs.Tensor | None:
     unsqueeze = expand.inputs[0].inputs[0] if expand.inputs[0].inputs else None
     if unsqueeze is None or unsqueeze.op != "Unsqueeze":
         return None
-    axes = unsqueeze.attrs.get("axes") if "axes" in unsqueeze.attrs else _const_ints(unsqueeze.inputs[1])
+    axes = unsqueeze.attrs.get("axes") if "axes" in unsqueeze.attrs else const_ints(unsqueeze.inputs[1])
     source = unsqueeze.inputs[0]
     grouped, expanded, out = _dims(source), _dims(expand.outputs[0]), _dims(tensor)
     if list(axes or []) != [2] or grouped is None or expanded is None or out is None:
@@ -621,11 +614,11 @@ def _picked(node: gs.Node, length: int) -> list[int] | None:
     if node.op == "Gather":
         if int(node.attrs.get("axis", 0)) != 0:
             return None
-        indices = _const_ints(node.inputs[1])
+        indices = const_ints(node.inputs[1])
         return None if indices is None else [i + length if i < 0 else i for i in indices]
-    starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
-    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else [0]
-    steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1]
+    starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
+    axes = const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else [0]
+    steps = const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1]
     if None in (starts, ends, axes, steps) or axes not in ([0], [-1]) or steps != [1]:
         return None
     return list(range(length))[slice(starts[0], ends[0])]

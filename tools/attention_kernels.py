@@ -16,6 +16,9 @@ NumPy float64 reference (max |err| printed), so a fast wrong variant shows. Vari
 - ``attention23-causal``: ``is_causal=1`` and no mask (only valid without padding);
 - ``decomposed``: MatMul, Add mask, Softmax, MatMul (the opset-20 export);
 - ``mha-contrib``: com.microsoft MultiHeadAttention with an additive attention bias;
+- ``mha-unidirectional``: the same op, causal by its ``unidirectional`` attribute, no mask;
+- ``mha-nomask-noncausal``: the same op with no mask at all (its flash path), which is
+  *not* causal attention: its large max |err| says so; it shows the kernel's speed only;
 - ``gqa-contrib``: com.microsoft GroupQueryAttention, causal, K/V at their KV heads, no mask;
 - ``attention23-blocksN``: causal blocking, what ``passes/causal_blocks.py`` writes: the
   queries cut into N chunks, each an Attention-23 over only the keys up to its end, then
@@ -80,9 +83,14 @@ def _graphs(B, H, KVH, Q, S, D):
     mha = helper.make_node("MultiHeadAttention", ["q3", "k3", "v3", "", "", "fmask"], ["out"], domain="com.microsoft",
                            num_heads=H, scale=scale)
     g = helper.make_graph([mha], "mha", [q3, k3, v3, fmask], [out])
-    graphs["mha-contrib"] = (helper.make_model(g, opset_imports=[helper.make_opsetid("", 20),
-                                                                 helper.make_opsetid("com.microsoft", 1)],
-                                               ir_version=10), ["q3", "k3", "v3", "fmask"])
+    contrib = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)]
+    graphs["mha-contrib"] = (helper.make_model(g, opset_imports=contrib, ir_version=10), ["q3", "k3", "v3", "fmask"])
+    if Q == S:  # the same op without a mask: causal through its attribute, and not at all
+        for name, attrs in (("mha-unidirectional", {"unidirectional": 1}), ("mha-nomask-noncausal", {})):
+            node = helper.make_node("MultiHeadAttention", ["q3", "k3", "v3"], ["out"], domain="com.microsoft",
+                                    num_heads=H, scale=scale, **attrs)
+            g = helper.make_graph([node], "mha", [q3, k3, v3], [out])
+            graphs[name] = (helper.make_model(g, opset_imports=contrib, ir_version=10), ["q3", "k3", "v3"])
     if Q == S:  # GroupQueryAttention: causal prefill over the KV heads, no mask (no padding)
         qg = helper.make_tensor_value_info("q3", f, [B, S, H * D])
         kg3 = helper.make_tensor_value_info("kg3", f, [B, S, KVH * D])

@@ -50,9 +50,8 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from vskip_compile.backends import open_session
-    from vskip_compile.bench.workload import synthesize_feeds
-    from vskip_compile.core.sidecar import read_sidecar
-    from vskip_compile.core.visual_rows import row_feeds, workload
+    from vskip_compile.bench.inputs import model_sidecar
+    from vskip_compile.bench.workload import config_feeds, default_visual, synthesize_feeds
 
     variants = _variants(ort)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,11 +65,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     chosen = ["default"] + [v for v in (args.variant or variants) if v != "default"]
-    visual = workload(None, None, 2**17)
+    visual = default_visual()
     specs = open_session(args.graph).inputs
-    hidden = (read_sidecar(args.sidecar.parent / "prefill.onnx") if args.sidecar else read_sidecar(args.graph)).hidden_size
-    feeds, _ = synthesize_feeds(specs, visual, hidden, seed=0)
-    feeds.update(row_feeds(visual, [s.name for s in specs if s.name.startswith("vskip_")]))
+    base, _ = synthesize_feeds(specs, visual, model_sidecar(args.graph, args.sidecar).hidden_size, seed=0)
+    wanted = config_feeds(specs, base, visual, str(args.graph))   # bench's feeds, row inputs included
     sessions = {}
     for name in chosen:
         settings = ort.SessionOptions()
@@ -79,7 +77,6 @@ def main(argv=None) -> int:
         variants[name](settings)
         sessions[name] = ort.InferenceSession(str(args.graph), settings, providers=["CPUExecutionProvider"])
         print(f"loaded {name}", file=sys.stderr)
-    wanted = {s.name: feeds[s.name] for s in specs}
     reference = sessions["default"].run(None, wanted)
     diffs = {name: max(float(np.abs(a - b).max()) for a, b in zip(session.run(None, wanted), reference))
              for name, session in sessions.items()}

@@ -108,15 +108,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from vskip_compile.backends import open_session
-    from vskip_compile.bench.workload import synthesize_feeds
-    from vskip_compile.core.sidecar import read_sidecar
-    from vskip_compile.core.visual_rows import row_feeds, workload
+    from vskip_compile.bench.inputs import model_sidecar
+    from vskip_compile.bench.workload import MAX_ROWS, config_feeds, synthesize_feeds
+    from vskip_compile.core.visual_rows import workload
 
-    visual = workload(args.rows, args.visual_rows, 2**17)
-    sidecar = read_sidecar(args.graph)
+    visual = workload(args.rows, args.visual_rows, MAX_ROWS)
     specs = open_session(args.graph).inputs
-    feeds, _ = synthesize_feeds(specs, visual, sidecar.hidden_size, seed=0)
-    feeds.update(row_feeds(visual, [s.name for s in specs if s.name.startswith("vskip_")]))
+    base, _ = synthesize_feeds(specs, visual, model_sidecar(args.graph, None).hidden_size, seed=0)
+    feeds = config_feeds(specs, base, visual, str(args.graph))   # bench's feeds, row inputs included
     options = dict(entry.split("=", 1) for entry in args.option)
     result = {"ort": ort_profile(args.graph, feeds, args.runs, args.threads, options)}
     print(format_table(f"ONNX Runtime {args.graph.name}", result["ort"]))

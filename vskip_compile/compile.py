@@ -73,15 +73,6 @@ class CompileReport:
                 "external_data": self.external_data}
 
 
-def check_causal_blocks(blocks: int) -> int:
-    """``blocks`` if it is 0 (off) or a valid chunk count, else one line on what is."""
-    from .passes.causal_blocks import MAX_BLOCKS
-
-    if type(blocks) is not int or not (blocks == 0 or 2 <= blocks <= MAX_BLOCKS):
-        raise VskipError(f"--causal-blocks must be 0 (off) or an integer in 2-{MAX_BLOCKS}, got {blocks}")
-    return blocks
-
-
 def default_output(model_path: str | Path) -> Path:
     path = Path(model_path)
     return path.with_name(f"{path.stem}.vskip.onnx")
@@ -104,7 +95,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     from .passes.pipeline import default_passes, run_passes
 
     start = time.perf_counter()
-    passes = default_passes(check_causal_blocks(causal_blocks))
+    passes = default_passes(causal_blocks)   # a bad count is refused before any I/O
     model_path = input_file(model_path, "ONNX model", MAX_GRAPH_BYTES)
     output = Path(output) if output else default_output(model_path)
     outputs = Outputs([model_path] + ([] if isinstance(plan, Plan) else [plan]), force=force)

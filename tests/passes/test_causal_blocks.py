@@ -10,6 +10,7 @@ on small graphs built here.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
@@ -147,3 +148,16 @@ def test_the_flops_counter_refuses_a_blocked_graph_in_one_line(exported, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "compiled with --causal-blocks" in err
     assert main(["flops", str(tmp_path / "u.onnx"), "--rows", "40", "--visual-rows", "8:24"]) == 0
+
+
+def test_a_damaged_block_count_is_one_line(exported, tmp_path, capsys):
+    from vskip_compile.core.graph_io import BLOCKS_METADATA
+
+    compile_model(exported("qwen2_vl", 20) / "prefill.onnx", Plan.empty(4), tmp_path / "b.onnx", causal_blocks=4)
+    model = onnx.load(str(tmp_path / "b.onnx"), load_external_data=False)
+    next(p for p in model.metadata_props if p.key == BLOCKS_METADATA).value = "[4]"
+    onnx.save(model, str(tmp_path / "d.onnx"))
+    capsys.readouterr()
+    assert main(["flops", str(tmp_path / "d.onnx"), "--rows", "40", "--visual-rows", "8:24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vskip.causal_blocks must be a block count" in err

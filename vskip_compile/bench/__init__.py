@@ -109,9 +109,9 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         if type(value) is not int or not low <= value <= high:
             raise VskipError(f"{name} must be an integer in {low}-{high}, got {value}")
     visual = default_visual() if visual is None else check_visual(visual)
-    from ..compile import check_causal_blocks  # onnx: not at start-up
+    from ..passes.causal_blocks import check_blocks  # onnx-graphsurgeon: not at start-up
 
-    check_causal_blocks(causal_blocks)
+    check_blocks(causal_blocks)
     runners = _backends(backends)
     plan_files = [p for p in plans if not isinstance(p, Plan)]
     reports = Outputs([model, *plan_files, *compiled_graphs, *sidecar_files(model, sidecar)], force=force)
@@ -183,7 +183,7 @@ def _backends(names: Sequence[str]) -> list:
     return [get_backend(name) for name in names]
 
 
-def _configs(runners: list, model: Path, plans: list[tuple[str, Plan, str]], graphs: list[Path],
+def _configs(runners: list, vanilla_graph: Path, plans: list[tuple[str, Plan, str]], graphs: list[Path],
              visual: np.ndarray, info: Sidecar, threads: int, seed: int,
              progress) -> tuple[list[Config], list[dict], dict]:
     """One config per backend and graph (the vanilla graph first), every session loaded
@@ -193,7 +193,7 @@ def _configs(runners: list, model: Path, plans: list[tuple[str, Plan, str]], gra
     for backend in runners:
         if progress:
             progress(f"loading {1 + len(graphs)} graphs on {backend.name} ({threads} threads)")
-        for label, graph in [(VANILLA, model), *((label, g) for (label, _, _), g in zip(plans, graphs))]:
+        for label, graph in [(VANILLA, vanilla_graph), *((label, g) for (label, _, _), g in zip(plans, graphs))]:
             session = backend.load(graph, threads=threads, sidecar=info, progress=progress)
             if base is None:
                 base, notes = synthesize_feeds(session.inputs, visual, info.hidden_size, seed)

@@ -201,16 +201,16 @@ def record_compilation(model: onnx.ModelProto, plan: Plan, family: str | None, r
         set_metadata(model, BLOCKS_METADATA, causal_blocks)
 
 
-def recorded_causal_blocks(model: onnx.ModelProto) -> int:
+def recorded_causal_blocks(model: onnx.ModelProto, source: str | Path = "graph") -> int:
     """The causal blocks a compiled graph records (0: none)."""
-    for entry in model.metadata_props:
-        if entry.key == BLOCKS_METADATA:
-            try:
-                value = json.loads(entry.value)
-            except ValueError:
-                value = None
-            return value if type(value) is int else -1
-    return 0
+    value = _metadata(model, BLOCKS_METADATA)
+    if value is None:
+        return 0
+    blocks = parse_json(value, f"{source}: metadata {BLOCKS_METADATA}", "causal block count")
+    if type(blocks) is not int or blocks < 2:
+        raise VskipError(f"{source}: metadata {BLOCKS_METADATA} must be a block count >= 2; "
+                         "the graph's metadata is damaged")
+    return blocks
 
 
 def set_metadata(model: onnx.ModelProto, key: str, value) -> None:

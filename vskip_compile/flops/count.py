@@ -95,7 +95,7 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
         model = load_graph(source, weights_needed=False)
-    if recorded_causal_blocks(model):
+    if recorded_causal_blocks(model, source or "graph"):
         raise FlopsError(f"{source or 'the graph'} was compiled with --causal-blocks, whose query chunks the FLOPs "
                          "counter does not count yet; count the graph compiled without it (the same products, "
                          "less the chunks' skipped keys)")
