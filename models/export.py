@@ -15,11 +15,14 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import onnx
 import torch
 
 from vskip_compile.core.errors import VskipError
 from vskip_compile.core.files import Outputs, check_directory, one_line, output_directory
+from vskip_compile.core.dtypes import DTYPES
 from vskip_compile.core.sidecar import SIDECAR, GraphEntry, Sidecar
+from vskip_compile.core.islands import restore_norm_casts, softmax_islands
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
 from .loading import LoadedModel, load_model, timed
@@ -35,7 +38,8 @@ SUPPORTED_OPSETS = (20, 23)
 _TRACE_BATCH, _TRACE_PAST, _TRACE_QUERY = 2, 5, 3
 
 
-def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = True) -> Sidecar:
+def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = True,
+             dtype: str = "float32") -> Sidecar:
     """The sidecar: what a compiler or validator needs to know about the export."""
     tc = loaded.text_config
     family = loaded.family
@@ -46,7 +50,7 @@ def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = T
         hidden_size=tc.hidden_size, num_attention_heads=tc.num_attention_heads,
         num_key_value_heads=tc.num_key_value_heads, head_dim=head_dim, intermediate_size=tc.intermediate_size,
         vocab_size=tc.vocab_size, image_token_id=family.image_token_id(loaded.config),
-        position_rank=family.position_rank, opset=opset, logits="all" if all_logits else "last",
+        position_rank=family.position_rank, opset=opset, logits="all" if all_logits else "last", dtype=dtype,
         prefill=GraphEntry("prefill.onnx", tuple(prefill_input_names(family)), tuple(output_names(layers))),
         decode=GraphEntry("decode.onnx", tuple(decode_input_names(layers)), tuple(output_names(layers)))
         if decode else None,
@@ -66,6 +70,36 @@ def _prefill_dynamic_shapes(loaded: LoadedModel) -> dict:
     return {**shapes, "extras": tuple(extras.values())} if extras else shapes
 
 
+@contextlib.contextmanager
+def _without_quadratic_rewrites():
+    """Leave out onnxscript's ``SlicesSplit`` rewrite while the exporter optimizes.
+
+    The rule has two output nodes, and onnxscript matches such patterns by walking the
+    whole graph for every candidate node: quadratic in depth. On a 36-layer tiny Qwen3-VL
+    it took half of the prefill export (69.5 s with it, 37.5 s without), and on vskip's
+    exports of every family it rewrites nothing (tests/models/test_export_speed.py checks
+    the graphs are node for node the same). Where onnxscript has no such rule the export
+    runs as it would anyway: only its speed depends on this.
+    """
+    try:
+        import onnxscript.rewriter as rewriter
+    except ImportError:
+        yield
+        return
+    saved = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if saved is None:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in saved if getattr(r, "name", None) not in SLOW_REWRITES)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = saved
+
+
+SLOW_REWRITES = ("SlicesSplit",)
+
+
 def _export_one(module, args, path: Path, input_names, output_names_, dynamic_shapes, opset, external):
     """Trace and save one graph. The exporter's own chatter (stage banners on stdout,
     warnings about optional torchvision ops) is held back and shown only if it fails."""
@@ -74,7 +108,7 @@ def _export_one(module, args, path: Path, input_names, output_names_, dynamic_sh
     level = torch_onnx_log.level
     torch_onnx_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), _without_quadratic_rewrites():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=input_names, output_names=output_names_,
@@ -86,26 +120,55 @@ def _export_one(module, args, path: Path, input_names, output_names_, dynamic_sh
     finally:
         torch_onnx_log.setLevel(level)
     program.save(str(path), external_data=external)
+    _finish_graph(path)
+
+
+def _finish_graph(path: Path) -> None:
+    """The saved graph's last touches; a graph needing none is left as saved.
+
+    - the fp32 islands of a typed graph (:mod:`vskip_compile.core.islands`);
+    - ScatterND's ``reduction="none"`` (M-RoPE position updates) dropped: it is the
+      default, and TensorRT before 10.9 refuses the attribute whatever its value.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    if restore_norm_casts(model) + softmax_islands(model) + _drop_default_reductions(model):
+        onnx.save_model(model, str(path))  # the graph only: external weights stay where they are
+
+
+def _drop_default_reductions(model: onnx.ModelProto) -> int:
+    dropped = 0
+    for node in model.graph.node:
+        if node.op_type in ("ScatterND", "ScatterElements"):
+            for attribute in list(node.attribute):
+                if attribute.name == "reduction" and attribute.s == b"none":
+                    node.attribute.remove(attribute)
+                    dropped += 1
+    return dropped
 
 
 def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: bool = False,
                  force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print,
-                 decode: bool = True) -> Sidecar:
+                 decode: bool = True, dtype: str = "float32") -> Sidecar:
     """Export SOURCE's decoder to OUT_DIR; returns its sidecar.
 
-    ``decode=False`` writes only the prefill graph (all that compiling needs).
+    ``decode=False`` writes only the prefill graph (all that compiling needs). ``dtype``
+    (float32, float16, bfloat16) is the type the model is loaded and traced in, so the
+    graph holds the model's own fp32 upcasts (norm statistics, rotary tables) and the
+    PyTorch model in that type is its reference.
     """
     if opset not in SUPPORTED_OPSETS:
         raise VskipError(f"--opset {opset} is not supported: choose 20 (decomposed attention) or 23 (Attention op)")
+    if dtype not in DTYPES:
+        raise VskipError(f"--dtype {str(dtype)[:40]} is not supported: choose {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
     outputs = Outputs(_checkpoint_files(source), force=force)
     names = _check_export_directory(out_dir, outputs, decode)
 
     with timed(progress, f"load {source}"):
-        loaded = load_model(source, seed=seed)
+        loaded = load_model(source, seed=seed, dtype=dtype)
     layers = loaded.text_config.num_hidden_layers
     external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
-    sidecar = describe(loaded, opset, all_logits, decode)
+    sidecar = describe(loaded, opset, all_logits, decode, dtype)
 
     with outputs:
         staging = outputs.staging_directory(out_dir)
@@ -134,7 +197,7 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
         with timed(progress, f"save {out_dir}"):
             outputs.publish_directory(staging, out_dir)
     if progress:
-        progress(f"exported {loaded.family.model_type}: {layers} layers, opset {opset} -> {out_dir}")
+        progress(f"exported {loaded.family.model_type}: {layers} layers, opset {opset}, {dtype} -> {out_dir}")
     return sidecar
 
 
@@ -172,8 +235,9 @@ def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
     tc = loaded.text_config
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
     generator = torch.Generator().manual_seed(2)
+    dtype = next(loaded.model.parameters()).dtype
     past = [torch.randn(_TRACE_BATCH, tc.num_key_value_heads, _TRACE_PAST, head_dim, generator=generator)
-            for _ in range(2 * layers)]
+            .to(dtype) for _ in range(2 * layers)]
     ids = torch.randint(0, min(tc.vocab_size, 256), (_TRACE_BATCH, _TRACE_QUERY), generator=generator)
     mask = torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_QUERY, dtype=torch.long)
     step = torch.arange(_TRACE_QUERY).expand(_TRACE_BATCH, -1)

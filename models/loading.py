@@ -35,8 +35,17 @@ class LoadedModel:
         return self.family.text_config(self.model)
 
 
-def load_model(source: str, seed: int = 0) -> LoadedModel:
-    """Load SOURCE in fp32, eval mode, with SDPA attention.
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a sidecar dtype name (``float32``, ``float16``, ``bfloat16``)."""
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_model(source: str, seed: int = 0, dtype: str = "float32") -> LoadedModel:
+    """Load SOURCE in ``dtype`` (a sidecar dtype name), eval mode, with SDPA attention.
+
+    A tiny preset is built in fp32 and then rounded, so its half-precision model is its
+    fp32 model's weights in that type (what the dtype gates compare). A checkpoint loads
+    straight into ``dtype``: half the memory of an fp32 load.
 
     Raises VskipError for an unknown preset, an architecture vskip does not support, or a
     checkpoint directory :func:`~.checkpoint.inspect_checkpoint` refuses (missing,
@@ -48,7 +57,14 @@ def load_model(source: str, seed: int = 0) -> LoadedModel:
         torch.manual_seed(seed)
         model = family.model_class()._from_config(family.tiny_config(), attn_implementation="sdpa")
         perturb_constant_parameters(model, generator)
-        return LoadedModel(family, model.float().eval(), source, seed)
+        if dtype != "float32":
+            # Built in the type the way from_pretrained builds it (rotary tables stay fp32),
+            # then given the fp32 weights, rounded.
+            typed = family.model_class()._from_config(family.tiny_config(), attn_implementation="sdpa",
+                                                      dtype=torch_dtype(dtype))
+            typed.load_state_dict(model.state_dict())
+            model = typed
+        return LoadedModel(family, model.eval(), source, seed)
 
     path = Path(source)
     checkpoint = inspect_checkpoint(path)
@@ -56,7 +72,7 @@ def load_model(source: str, seed: int = 0) -> LoadedModel:
     # The checked config, and safetensors only: nothing from_pretrained could reach beyond
     # what inspect_checkpoint read. Mismatched shapes come back in the loading info (one
     # line below) instead of transformers' multi-line RuntimeError.
-    model, info = cls.from_pretrained(path, config=checkpoint.config, dtype=torch.float32, attn_implementation="sdpa",
+    model, info = cls.from_pretrained(path, config=checkpoint.config, dtype=torch_dtype(dtype), attn_implementation="sdpa",
                                       use_safetensors=True, local_files_only=True, output_loading_info=True,
                                       ignore_mismatched_sizes=True)
     check_loading_info(info, path, cls.__name__)

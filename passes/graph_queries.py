@@ -32,7 +32,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 # Op families the searches look through. Each search is a short loop over one of these sets.
 NOOP = {"Cast", "Identity"}                                   # structurally transparent
@@ -73,14 +76,37 @@ def given(tensor) -> bool:
     return tensor is not None and bool(tensor.name)
 
 
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``gs.import_onnx`` without graphsurgeon's warning that NumPy lacks bfloat16: the
+    constants keep their ONNX type, which is all vskip needs of them."""
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        return gs.import_onnx(model)
+
+
+def export_graph(graph: gs.Graph) -> onnx.ModelProto:
+    """``gs.export_onnx``, as quiet as :func:`import_graph`."""
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        return gs.export_onnx(graph)
+
+
 def const_values(tensor) -> np.ndarray | None:
     """The values of an initializer or of a Constant node's output; None for anything else."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return _read(tensor)
     node = producer(tensor)
     if node is not None and node.op == "Constant" and "value" in node.attrs:
-        return np.asarray(node.attrs["value"].values)
+        return _read(node.attrs["value"])
     return None
+
+
+def _read(constant: gs.Constant) -> np.ndarray:
+    """A constant's values, leaving the constant as it was. graphsurgeon's ``values`` loads a
+    lazy tensor into the constant and, for a type NumPy lacks (bfloat16), warns that the
+    weights may change type on export; onnx reads bfloat16 through ml_dtypes unchanged."""
+    lazy = getattr(constant, "_values", None)
+    if isinstance(lazy, gs.ir.tensor.LazyValues):
+        return onnx.numpy_helper.to_array(lazy.tensor)
+    return np.asarray(constant.values)
 
 
 def const_ints(tensor) -> list[int] | None:

@@ -64,7 +64,7 @@ import onnx_graphsurgeon as gs
 
 from vskip_compile.core.errors import VskipError
 
-from .graph_queries import AttentionCore, GraphQueries, producer
+from .graph_queries import AttentionCore, GraphQueries, import_graph, producer
 
 
 class LocateError(VskipError):
@@ -120,7 +120,7 @@ class DecoderStructure:
 
 def locate_model(model: onnx.ModelProto, require_cache: bool = True) -> DecoderStructure:
     """Import ``model`` (external data may stay unloaded) and locate its layers, with module paths."""
-    return locate_layers(gs.import_onnx(model), scopes=node_scopes(model), require_cache=require_cache)
+    return locate_layers(import_graph(model), scopes=node_scopes(model), require_cache=require_cache)
 
 
 def locate_layers(graph: gs.Graph, scopes: dict[str, str] | None = None,

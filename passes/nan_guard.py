@@ -23,7 +23,8 @@ Layer-independent: the pass runs for every plan, the empty one included, before 
 pass, which then restricts the moved guard with the rest of the query path. It rewrites a
 guard only when the pattern is exactly this: the Where's fill is a constant zero, its
 condition is IsNaN of the same Softmax output, and the guarded probabilities feed nothing
-but the P x V MatMul; anything else is left as it is.
+but the P x V MatMul; anything else is left as it is. P may be the Cast back to half that
+follows an fp32 softmax island.
 """
 
 from __future__ import annotations
@@ -58,10 +59,21 @@ class MoveNanGuard:
         return report
 
 
+def probabilities(graph: gs.Graph, softmax: gs.Node) -> gs.Tensor:
+    """P: the softmax's output, or its one Cast back to half precision where the softmax
+    is an fp32 island of a typed graph (:mod:`vskip_compile.core.islands`); a Cast keeps
+    NaN, so the guard reads the same rows either way."""
+    probs = softmax.outputs[0]
+    if (len(probs.outputs) == 1 and probs.outputs[0].op == "Cast"
+            and id(probs) not in {id(t) for t in graph.outputs}):
+        return probs.outputs[0].outputs[0]
+    return probs
+
+
 def guard_of(graph: gs.Graph, softmax: gs.Node) -> tuple[gs.Node, gs.Node, gs.Node] | None:
     """(IsNaN, Where, P x V MatMul) when ``softmax`` is guarded exactly as the module says."""
     outputs = {id(t) for t in graph.outputs}
-    probs = softmax.outputs[0]
+    probs = probabilities(graph, softmax)
     isnan = next((n for n in probs.outputs if n.op == "IsNaN"), None)
     where = next((n for n in probs.outputs if n.op == "Where"), None)
     if isnan is None or where is None or len(probs.outputs) != 2 or id(probs) in outputs:
@@ -91,7 +103,7 @@ def move_guard(graph: gs.Graph, core: list[gs.Node]) -> list[gs.Node] | None:
     fill = where.inputs[1]
     output = pv.outputs[0]
     raw = gs.Variable(f"{output.name}_unguarded", dtype=output.dtype, shape=output.shape)
-    pv.inputs[0] = softmax.outputs[0]
+    pv.inputs[0] = probabilities(graph, softmax)
     pv.outputs = [raw]
     is_nan = gs.Variable(f"{output.name}_isnan", dtype=np.bool_, shape=output.shape)
     new_isnan = gs.Node("IsNaN", f"{pv.name}_isnan", inputs=[raw], outputs=[is_nan])

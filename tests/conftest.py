@@ -30,20 +30,21 @@ def export_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(export_root):
-    """exported(family, opset, decode) -> directory with prefill.onnx, vskip.json and, when
-    ``decode`` (default: opset 20 only, to keep the suite short), decode.onnx."""
+    """exported(family, opset, decode, dtype) -> directory with prefill.onnx, vskip.json and,
+    when ``decode`` (default: fp32 opset 20 only, to keep the suite short), decode.onnx."""
     from vskip_compile.models.export import export_model
 
-    def get(family: str, opset: int = 20, decode: bool | None = None):
-        decode = opset == 20 if decode is None else decode
-        for key in ((family, opset, True), (family, opset, decode)):
+    def get(family: str, opset: int = 20, decode: bool | None = None, dtype: str = "float32"):
+        decode = opset == 20 and dtype == "float32" if decode is None else decode
+        for key in ((family, opset, True, dtype), (family, opset, decode, dtype)):
             if key in _exports:
                 return _exports[key]
-        key = (family, opset, decode)
-        directory = export_root / f"{family}-{opset}{'' if decode else '-prefill'}"
+        key = (family, opset, decode, dtype)
+        typed = "" if dtype == "float32" else f"-{dtype}"
+        directory = export_root / f"{family}-{opset}{typed}{'' if decode else '-prefill'}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(f"tiny:{family}", directory, opset=opset, progress=None, decode=decode)
+            export_model(f"tiny:{family}", directory, opset=opset, progress=None, decode=decode, dtype=dtype)
         _exports[key] = directory
         return directory
 

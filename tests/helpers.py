@@ -30,3 +30,42 @@ def assert_cache_close(actual, expected, attention_mask, atol=FP32_ATOL, what=""
 
 def feeds_numpy(feeds: dict) -> dict:
     return {k: as_numpy(v) for k, v in feeds.items()}
+
+
+def strict_types(model) -> dict[str, int]:
+    """Every tensor's element type after ONNX's strict type inference (raises on a conflict)."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    types = {t.name: t.data_type for t in inferred.graph.initializer}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        types[info.name] = info.type.tensor_type.elem_type
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def check_islands(model, types: dict[str, int], opset: int) -> None:
+    """Norm statistics, rotary tables and softmax computed in fp32 (a typed graph's islands)."""
+    from onnx import TensorProto
+
+    nodes = model.graph.node
+    if opset == 20:
+        means = [n for n in nodes if n.op_type == "ReduceMean"]
+        assert means and all(types[n.input[0]] == TensorProto.FLOAT for n in means)
+        softmax = [n for n in nodes if n.op_type == "Softmax"]
+        assert softmax and all(types[n.input[0]] == TensorProto.FLOAT for n in softmax)
+    else:
+        # RMSNormalization computes its statistics in stash_type (default fp32) whatever X is
+        norms = [n for n in nodes if n.op_type == "RMSNormalization"]
+        assert norms and all(types[n.input[0]] == TensorProto.FLOAT or next(
+            (a.i for a in n.attribute if a.name == "stash_type"), TensorProto.FLOAT) == TensorProto.FLOAT
+            for n in norms)
+        attention = [n for n in nodes if n.op_type == "Attention"]
+        assert attention and all(
+            any(a.name == "softmax_precision" and a.i == TensorProto.FLOAT for a in n.attribute) for n in attention)
+    trig = [n for n in nodes if n.op_type in ("Cos", "Sin")]
+    assert trig and all(types[n.input[0]] == TensorProto.FLOAT for n in trig)
+
+

@@ -2,6 +2,7 @@
 
     python tools/make_checkpoint.py -o /tmp/qwen2vl-0.5b            # Qwen2-0.5B-sized decoder
     vskip export /tmp/qwen2vl-0.5b -o /tmp/qwen2vl-0.5b-onnx
+    python tools/make_checkpoint.py -o /tmp/qwen2vl-0.5b-bf16 --dtype bfloat16   # stored as released
 
 The decoder has the dimensions of Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV
 heads, FFN 4864, vocab 151936) inside a Qwen2-VL with a tiny vision tower: the workload
@@ -21,6 +22,9 @@ PRESETS = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                        num_key_value_heads=2, vocab_size=151936, rope_scaling={"type": "mrope",
                                                                                "mrope_section": [8, 12, 12]}),  # sums to head_dim / 2 = 32
+    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                       num_key_value_heads=2, vocab_size=151936, rope_scaling={"type": "mrope",
+                                                                               "mrope_section": [16, 24, 24]}),  # head_dim 128
 }
 
 
@@ -30,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen2-0.5b")
     parser.add_argument("--layers", type=int, help="override the layer count (for quicker experiments)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="the type the weights are stored in (released Qwen2-VL checkpoints are bfloat16)")
     args = parser.parse_args(argv)
 
     import torch
@@ -52,7 +58,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
     perturb_constant_parameters(model, torch.Generator().manual_seed(args.seed))
-    model.save_pretrained(args.output)
+    model.to(getattr(torch, args.dtype)).save_pretrained(args.output)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output}: {params / 1e6:.0f} M parameters in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)

@@ -79,6 +79,45 @@ def add_backend(parser, repeat: bool = False) -> None:
                             help=f"where to run (default {DEFAULT}). " + help_text())
 
 
+def add_target(parser, what: str, required: bool = False) -> None:
+    from .trt.support import TARGET_NAMES
+
+    parser.add_argument("--target", required=required, metavar="|".join(TARGET_NAMES),
+                        help=f"{what}: trt10 = every TensorRT 10.x from 10.0 (an op a later 10.x minor added is a "
+                             "finding naming that minor), trt11 = TensorRT 11.x")
+
+
+def add_profile(parser, opt: bool) -> None:
+    """The shapes a TensorRT profile spans (build; lint checks index ranges at the maxima)."""
+    from .trt.profiles import NAMEABLE, ProfileLimits
+
+    d = ProfileLimits()
+    parser.add_argument("--max-batch", type=int, metavar="N", help=f"largest batch (default {d.max_batch})")
+    parser.add_argument("--max-seq", type=int, metavar="N", help=f"largest prompt, in rows (default {d.max_seq})")
+    parser.add_argument("--max-visual-rows", type=int, metavar="N",
+                        help=f"most visual rows in a prompt (default {d.max_visual_rows}, at most --max-seq)")
+    if opt:
+        parser.add_argument("--opt-batch", type=int, metavar="N",
+                            help=f"the batch TensorRT tunes for (default {d.opt_batch})")
+        parser.add_argument("--opt-seq", type=int, metavar="N",
+                            help=f"the prompt length TensorRT tunes for (default {d.opt_seq}, at most --max-seq)")
+        parser.add_argument("--opt-visual-rows", type=int, metavar="N",
+                            help=f"the visual rows of that prompt (default {d.opt_visual_rows}, fewer than "
+                                 "--opt-seq; the rest are text)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=KIND",
+                        help="what a graph's dynamic axis NAME counts, where vskip cannot tell from the name "
+                             f"(KIND: {', '.join(NAMEABLE)}); repeat for several")
+
+
+def profile_limits(args):
+    """(ProfileLimits, dim names) from :func:`add_profile`'s flags, checked."""
+    from .trt.profiles import ProfileLimits, parse_dim_names
+
+    given = {k: getattr(args, k, None) for k in ("max_batch", "max_seq", "max_visual_rows", "opt_batch", "opt_seq",
+                                                  "opt_visual_rows")}
+    return ProfileLimits.within(**given).check(), parse_dim_names(args.dim)
+
+
 def add_force(parser, what: str) -> None:
     parser.add_argument("--force", action="store_true", help=f"replace {what} if it exists (never an input)")
 
@@ -150,6 +189,9 @@ class Export(Command):
         parser.add_argument("--all-logits", action="store_true",
                             help="output logits for every position (default: last position only)")
         parser.add_argument("--prefill-only", action="store_true", help="skip decode.onnx (compiling needs only prefill)")
+        parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                            help="the type the model is loaded and exported in (default float32); the graph "
+                                 "keeps the model's own fp32 upcasts")
         parser.add_argument("--seed", type=int, default=0, help="seed of a tiny preset's random weights")
         add_force(parser, "an existing export in DIR")
 
@@ -157,7 +199,40 @@ class Export(Command):
         from .models.export import export_model
 
         export_model(args.source, args.output, opset=args.opset, all_logits=args.all_logits,
-                     force=args.force, seed=args.seed, progress=_progress, decode=not args.prefill_only)
+                     force=args.force, seed=args.seed, progress=_progress, decode=not args.prefill_only,
+                     dtype=args.dtype)
+        return 0
+
+
+class Cast(Command):
+    """Type an fp32 graph as fp16 or bf16 with explicit fp32 islands (norm statistics,
+    rotary tables, softmax; optionally the LM head), for strictly typed engines.
+
+    For graphs that arrive in fp32 (another exporter, an older vskip); `vskip export
+    --dtype` traces a model in its type instead. Weights are converted one tensor at a
+    time into OUT's own data file. Written beside the source, the typed graph validates
+    against the source's vskip.json model.
+
+    Example:
+      vskip cast out/q2/prefill.onnx --dtype float16 -o out/q2/prefill.fp16.onnx
+    """
+
+    name = "cast"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", metavar="MODEL.onnx", help="an fp32 decoder graph (exported or compiled)")
+        parser.add_argument("--dtype", required=True, choices=("float16", "bfloat16"), help="the type to write")
+        parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the typed graph")
+        parser.add_argument("--lm-head-fp32", action="store_true",
+                            help="keep the LM head (and the logits output) in fp32")
+        add_force(parser, "OUT.onnx and its weights")
+
+    def run(self, args):
+        from .cast import cast_model
+
+        report = cast_model(args.model, args.dtype, args.output, force=args.force, lm_head=args.lm_head_fp32,
+                            progress=_progress)
+        print(f"wrote {report.output} ({report.dtype}) in {report.seconds:.1f} s")
         return 0
 
 
@@ -217,6 +292,8 @@ class Compile(Command):
                                  "OUT.flops.json and a per-layer plot OUT.flops.png")
         add_rows(parser, "--report")
         add_causal_blocks(parser)
+        add_target(parser, "after writing OUT.onnx, lint it for this TensorRT as `vskip lint` does (default profile "
+                           "limits), print the findings and exit 1 if there are any; OUT.onnx is written either way")
         add_json(parser, "the compile report (layers, passes, nodes)")
         add_force(parser, "OUT.onnx, its weights and report files")
 
@@ -233,6 +310,10 @@ class Compile(Command):
             from .flops.plot import require_matplotlib
 
             require_matplotlib()  # before compiling: --report writes the plot with the graph
+        if args.target is not None:
+            from .trt.support import target
+
+            target(args.target)  # an unknown target costs nothing
         report_json = Report(args.json, [args.model, args.plan], args.force)
 
         def extra_outputs(output: Path) -> list[Path]:
@@ -257,8 +338,25 @@ class Compile(Command):
             sys.stderr.flush()
             data["flops"] = _flops_report(args.model, report.output, visual, report.plan, args.force,
                                           print_table=not report_json.to_stdout)
+        findings = _lint_compiled(report.output, args.target, data) if args.target is not None else []
         report_json.emit(data)
-        return 0
+        return 1 if findings else 0
+
+
+def _lint_compiled(path, target_name: str, data: dict) -> list:
+    """`vskip-compile --target`: lint the graph just written, print the findings (stderr, with
+    the rest of the compile log) and add them to the JSON report."""
+    from .trt.lint import lint_graph, report, summary
+    from .trt.profiles import ProfileLimits
+
+    limits, notes = ProfileLimits(), []
+    findings = lint_graph(path, target_name, limits, notes)
+    for line in [f.line() for f in findings] + [f"note: {n}" for n in notes]:
+        _progress(line)
+    _progress(summary(str(path), findings, target_name)
+              + ("; the compiled graph is written all the same" if findings else ""))
+    data["lint"] = report(str(path), findings, target_name, limits, notes)
+    return findings
 
 
 def report_files(compiled_path) -> list[Path]:
@@ -336,9 +434,13 @@ class Validate(Command):
 
     The graph runs on --backend; the reference is the model the graph was exported from
     (the vskip.json sidecar beside it) unless --model names one. The plan is --plan, else
-    the one a compiled graph records, else the empty plan. Prints per output the max and
-    mean absolute and relative error and the smallest tolerance that would pass. Exits 0
-    when every output is within --atol, 1 otherwise.
+    the one a compiled graph records, else the empty plan. Prints per output the absolute
+    and relative errors, cosine similarity, top-1 agreement of the logits and NaN/Inf.
+    An fp32 graph passes within --atol of the fp32 model; an fp16/bf16 graph when every
+    output is finite and within --min-cosine / --min-top1 of the fp32 model (defaults
+    measured from how far PyTorch itself drifts in that type: docs/validation.md); the
+    table also shows its distance from the model in its own type. Exits 0 on pass, 1
+    otherwise.
 
     Example:
       vskip validate out/q2/c.onnx --json out/validate.json
@@ -347,14 +449,19 @@ class Validate(Command):
     name = "validate"
 
     def add_arguments(self, parser):
-        parser.add_argument("graph", metavar="GRAPH.onnx", help="a graph vskip exported or compiled")
+        parser.add_argument("graph", metavar="GRAPH.onnx", help="a graph vskip exported or compiled, or an engine "
+                                                                "from vskip build (--backend trt)")
         parser.add_argument("--plan", metavar="PLAN.json", help="the plan the reference follows (default: the "
                                                                 "graph's recorded plan, else none)")
         parser.add_argument("--model", metavar="SOURCE", help="the reference model: checkpoint directory or "
                                                               "tiny:<model_type> (default: the sidecar's source)")
         parser.add_argument("--inputs", metavar="FEEDS.npz", help="feeds to use instead of a generated prompt")
         parser.add_argument("--visual-rows", metavar="RANGES", help="visual rows of --inputs, e.g. 5:21,30:46")
-        parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4, fp32)")
+        parser.add_argument("--atol", type=float, help="absolute tolerance of an fp32 graph (default 1e-4)")
+        parser.add_argument("--min-cosine", type=float, help="an fp16/bf16 graph's lowest cosine similarity with "
+                                                             "the fp32 model (default 0.99998 fp16, 0.998 bf16)")
+        parser.add_argument("--min-top1", type=float, help="an fp16/bf16 graph's lowest top-1 agreement of the "
+                                                           "logits with the fp32 model (default 0.75)")
         add_backend(parser)
         add_json(parser, "the report")
         add_force(parser, "the --json file")
@@ -364,7 +471,7 @@ class Validate(Command):
 
         report = Report(args.json, [args.graph, args.plan, args.inputs], args.force)
         result = validate(args.graph, args.plan, args.model, args.inputs, args.visual_rows, args.atol,
-                          backend=args.backend)
+                          backend=args.backend, min_cosine=args.min_cosine, min_top1=args.min_top1)
         report.table(result.table())
         report.emit(json.loads(result.to_json()))
         return 0 if result.passed else 1
@@ -487,6 +594,44 @@ class Run(Command):
         return 0
 
 
+class Lint(Command):
+    """Check a graph for TensorRT statically (no TensorRT or GPU needed): will the parser take it?
+
+    Ops, attributes and types against the target's operator table (onnx-tensorrt), ops of
+    other domains, data-dependent shapes (NonZero: boolean-mask indexing), Attention with
+    past/present I/O, Reduce ops with run-time axes, INT64 indices beyond INT32 at the
+    max shapes of the profile `vskip build` would use, external-data paths. Prints one
+    line per finding (node, module path, problem, fix) and a summary. Exits 0 when clean,
+    1 with findings, 2 on bad input.
+
+    Example:
+      vskip lint out/q2/c.onnx --target trt11 --max-seq 8192 --json out/lint.json
+    """
+
+    name = "lint"
+
+    def add_arguments(self, parser):
+        parser.add_argument("graph", metavar="GRAPH.onnx", help="any ONNX graph (exported, compiled or foreign)")
+        add_target(parser, "the TensorRT to check for", required=True)
+        add_profile(parser, opt=False)
+        add_json(parser, "the findings")
+        add_force(parser, "the --json file")
+
+    def run(self, args):
+        from .trt.lint import lint_graph, report, summary
+        from .trt.support import target
+
+        target(args.target)
+        limits, dims = profile_limits(args)
+        out = Report(args.json, [args.graph], args.force)
+        notes: list[str] = []
+        findings = lint_graph(args.graph, args.target, limits, notes, dims)
+        out.table("\n".join([f.line() for f in findings] + [f"note: {n}" for n in notes]
+                            + [summary(args.graph, findings, args.target)]))
+        out.emit(report(args.graph, findings, args.target, limits, notes))
+        return 1 if findings else 0
+
+
 class Demo(Command):
     """Run the demo: export a tiny Qwen2-VL, check it on ONNX Runtime against PyTorch, compile, validate, time it.
 
@@ -505,7 +650,54 @@ class Demo(Command):
         return 0 if run_demo(args.workdir)["ok"] else 1
 
 
-COMMANDS = [Demo(), Export(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run()]
+class Build(Command):
+    """Build a TensorRT engine from a vskip graph (exported or compiled): ENGINE and ENGINE.json.
+
+    The engine is strongly typed (its precision is the graph's), parsed from the file so
+    external weights load, with one optimization profile for every dynamic input: batch
+    and sequence axes, Qwen3-VL's DeepStack visual rows, a compiled graph's row inputs
+    (1 to --max-seq rows). --print-profiles shows that profile and exits, without TensorRT.
+    Building needs TensorRT and an NVIDIA GPU (pip install 'vskip[trt]'); run the engine
+    with --backend trt (run, validate, bench).
+
+    Example:
+      vskip build out/q2/prefill.onnx --print-profiles --max-seq 2048
+      vskip build out/q2/compiled.onnx -o out/q2/compiled.engine --max-seq 2048 --timing-cache out/trt.cache
+    """
+
+    name = "build"
+
+    def add_arguments(self, parser):
+        parser.add_argument("graph", metavar="GRAPH.onnx", help="a prefill graph vskip exported or compiled")
+        parser.add_argument("-o", "--output", metavar="ENGINE", help="the engine (default: GRAPH.engine beside "
+                                                                     "GRAPH); its sidecar is ENGINE.json")
+        add_profile(parser, opt=True)
+        parser.add_argument("--timing-cache", metavar="PATH",
+                            help="TensorRT's tactic timing cache: read if it exists, then replaced by this build's "
+                                 "(faster rebuilds)")
+        parser.add_argument("--print-profiles", action="store_true",
+                            help="print the optimization profile and exit (no TensorRT needed; nothing written)")
+        add_force(parser, "ENGINE and ENGINE.json")
+
+    def run(self, args):
+        from .trt.build import build_engine, plan_build
+
+        limits, dims = profile_limits(args)
+        if args.print_profiles:
+            unused = [flag for flag, value in (("-o", args.output), ("--timing-cache", args.timing_cache),
+                                               ("--force", args.force)) if value]
+            if unused:
+                raise VskipError(f"--print-profiles writes nothing; drop {', '.join(unused)}")
+            print(plan_build(args.graph, limits, dims).table())
+            return 0
+        report = build_engine(args.graph, args.output, limits, args.timing_cache, progress=_progress,
+                              force=args.force, dim_names=dims)
+        print(f"{report.engine}: TensorRT engine, {report.engine_bytes / 2**20:.1f} MiB, built in "
+              f"{report.seconds.get('build', 0):.1f} s; sidecar {report.sidecar}")
+        return 0
+
+
+COMMANDS = [Demo(), Export(), Cast(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run(), Build(), Lint()]
 
 
 def _progress(message: str) -> None:

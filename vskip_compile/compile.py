@@ -89,8 +89,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
     ``extra_outputs(output)`` names further files the caller will write for this output
     (the --report files): they are claimed, so refused, before any work is done.
     """
-    from onnx_graphsurgeon import export_onnx, import_onnx
-
+    from .passes.graph_queries import export_graph, import_graph
     from .passes.locate import format_table, locate_layers, node_scopes
     from .passes.pipeline import default_passes, run_passes
 
@@ -121,7 +120,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
         if sidecar and sidecar.num_layers:  # before the graph is walked: a plan for another model costs nothing
             info.check_model(family or "decoder", sidecar.num_layers)
 
-        graph = import_onnx(with_shapes(model))
+        graph = import_graph(with_shapes(model))
         structure = locate_layers(graph, scopes=node_scopes(model))
         info.check_model(family or "decoder", len(structure.layers))
         if progress:
@@ -132,7 +131,7 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan, output: str |
         reports = run_passes(structure, plan_obj, passes)
         row_inputs = plan_row_inputs(plan_obj)
         if any(report.changed for report in reports):
-            compiled = export_onnx(graph)
+            compiled = export_graph(graph)
             _copy_model_fields(model, compiled)
         else:
             # No pass changed anything (the empty plan at opset 23): the source graph itself,

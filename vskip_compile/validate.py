@@ -5,8 +5,12 @@ directory or ``tiny:<model_type>`` and its seed) or from ``--model``; the plan f
 ``--plan``, else the plan recorded in a compiled graph, else the empty plan. Inputs are a
 generated prompt (text and images in a fixed layout) or given feeds with their visual rows.
 
-Per output, like Polygraphy's comparisons: max and mean absolute and relative error and
-the smallest absolute tolerance that would pass; for logits also top-1 agreement.
+Per output, like Polygraphy's comparisons: max, mean and 99th-percentile absolute error,
+max and mean relative error, cosine similarity and NaN/Inf counts; for logits also top-1
+agreement. The gates depend on the graph's floating type (:data:`DEFAULT_GATES`): fp32
+graphs must equal the fp32 model within 1e-4; fp16 and bf16 graphs must stay as close to
+it as the PyTorch model in their type does. Non-finite outputs always fail, and the
+report says in which layer they start.
 """
 
 from __future__ import annotations
@@ -20,21 +24,120 @@ import numpy as np
 from .backends import DEFAULT as DEFAULT_BACKEND
 from .core.errors import VskipError
 from .core.plan import load_plan
+from .backends.torch_reference import to_numpy
+from .core.dtypes import SHORT
 from .core.visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length, visual_rows_from_ids
 
 DEFAULT_LAYOUT = [6, "image", 5, "image", 8]
 DEFAULT_ATOL = 1e-4
+# Prompts per validation of a half-precision graph: top-1 agreement of last-position
+# logits needs more than one prompt to mean anything.
+HALF_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Gates:
+    """When a graph passes. fp32: every output within ``atol`` of the fp32 reference.
+    fp16/bf16: every output finite, its cosine similarity with the fp32 reference at least
+    ``min_cosine`` and the logits' top-1 agreement with it at least ``min_top1``: a graph
+    in half precision cannot equal fp32, only stay as close to it as the PyTorch model in
+    that type does. The defaults come from that distance, measured over the tiny presets
+    (``python tools/dtype_drift.py``, docs/validation.md)."""
+
+    dtype: str
+    atol: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    def describe(self) -> str:
+        if self.atol is not None:
+            return f"atol {self.atol:g}"
+        return f"cosine >= {self.min_cosine:g}, top-1 >= {self.min_top1:.0%} against fp32, all finite"
+
+
+# Each half gate allows ten times the cosine deficit of the worst tiny preset in that type
+# (fp16 0.9999982, bf16 0.9998982) and two top-1 flips in validate's eight prompts (the worst
+# preset flips one: 87.5%). Measured with tools/dtype_drift.py, recorded in docs/validation.md.
+DEFAULT_GATES = {
+    "float32": Gates("float32", atol=DEFAULT_ATOL),
+    "float16": Gates("float16", min_cosine=0.99998, min_top1=0.75),
+    "bfloat16": Gates("bfloat16", min_cosine=0.998, min_top1=0.75),
+}
 
 
 @dataclass
 class OutputError:
+    """One output against one reference."""
+
     name: str
     max_abs: float
     mean_abs: float
+    p99_abs: float           # the 99th percentile of the absolute error
     max_rel: float
     mean_rel: float
+    cosine: float            # of the flattened tensors, in float64
+    nonfinite: int           # NaN or Inf elements in the graph's output
     passes: bool
     top1_agreement: float | None = None
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two tensors, flattened, in float64 (1 for two zero tensors)."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(a @ b / norms)
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of positions whose largest logit is the same token."""
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray], gates: Gates) -> list[OutputError]:
+    """Every output of ``want`` against ``got``, each judged by ``gates``."""
+    errors = []
+    for name, expected in want.items():
+        actual = np.asarray(got[name]).astype(np.float64)
+        expected = np.asarray(expected).astype(np.float64)
+        if actual.shape != expected.shape:
+            raise VskipError(f"output {name}: the graph gives shape {actual.shape}, the reference {expected.shape}")
+        nonfinite = int((~np.isfinite(actual)).sum())
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(actual - expected)
+            diff[~np.isfinite(diff)] = np.inf  # NaN compares as no error; count it as the worst one
+        rel = diff / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
+        finite = nonfinite == 0 and bool(np.isfinite(expected).all())
+        cos = cosine(actual, expected) if finite else float("nan")
+        top1 = top1_agreement(actual, expected) if name == "logits" else None
+        if gates.atol is not None:
+            passes = finite and bool(diff.max(initial=0) <= gates.atol)
+        else:
+            passes = finite and cos >= gates.min_cosine and (top1 is None or top1 >= gates.min_top1)
+        errors.append(OutputError(name, float(diff.max(initial=0)), float(diff.mean()) if diff.size else 0.0,
+                                  float(np.quantile(diff, 0.99, method="higher")) if diff.size else 0.0,
+                                  float(rel.max(initial=0)), float(rel.mean()) if rel.size else 0.0,
+                                  cos, nonfinite, passes, top1))
+    return errors
+
+
+def first_nonfinite_layer(outputs: dict[str, np.ndarray]) -> str | None:
+    """Where non-finite values start, in words; None if every output is finite.
+
+    Layer i's present K/V are computed from the residual stream entering it, so the first
+    layer with non-finite K/V says the stream overflowed in the layer before it (or in the
+    inputs); finite K/V everywhere put it in the last layer or the LM head.
+    """
+    bad = {name for name, value in outputs.items() if not np.isfinite(np.asarray(value, np.float64)).all()}
+    if not bad:
+        return None
+    layers = sorted({int(n.split(".")[1]) for n in bad if n.startswith("present.") and n.split(".")[1].isdigit()})
+    if not layers:
+        return f"{', '.join(sorted(bad))} non-finite with every layer's K/V finite: the last layer or the LM head"
+    first = layers[0]
+    where = "in the inputs" if first == 0 else f"in layer {first - 1} (the first layer whose output is non-finite)"
+    return f"present.{first}.key/value are the first non-finite K/V: the residual stream overflowed {where}"
 
 
 @dataclass
@@ -46,12 +149,19 @@ class ValidationReport:
     freeze_scope: str
     rows: int
     visual_rows: int
-    atol: float
-    outputs: list[OutputError] = field(default_factory=list)
+    dtype: str
+    gates: dict
+    outputs: list[OutputError] = field(default_factory=list)   # against the fp32 reference
+    same_dtype: list[OutputError] = field(default_factory=list)  # half graphs: against the model in their type
+    reference_drift: list[OutputError] = field(default_factory=list)  # that model against fp32
+    nonfinite: str | None = None            # where the graph's outputs turn non-finite
+    reference_nonfinite: str | None = None  # where the PyTorch model in the graph's type does
 
     @property
     def passed(self) -> bool:
-        return all(o.passes for o in self.outputs)
+        # A half model that overflows in PyTorch overflows in a strictly typed engine too,
+        # even where this backend (ONNX Runtime CPU, fp32 inside fp16 chains) hides it.
+        return all(o.passes for o in self.outputs) and not self.reference_nonfinite
 
     @property
     def smallest_passing_atol(self) -> float:
@@ -60,60 +170,93 @@ class ValidationReport:
     def to_json(self) -> str:
         data = asdict(self)
         data.update(passed=self.passed, smallest_passing_atol=self.smallest_passing_atol)
-        return json.dumps(data, indent=2)
+        return json.dumps(_finite(data), indent=2)
 
     def table(self) -> str:
-        lines = [f"{'output':<22} {'max abs':>10} {'mean abs':>10} {'max rel':>10} {'mean rel':>10}  top-1  ok"]
+        half = self.dtype != "float32"
+        lines = [f"{'output':<22} {'max abs':>10} {'mean abs':>10} {'p99 abs':>10} {'max rel':>10} "
+                 f"{'cosine':>10}  top-1  ok" + ("   vs " + SHORT[self.dtype] + " torch: max abs, cosine" if half
+                                                  else "")]
+        extra = {o.name: o for o in self.same_dtype}
         for o in self.outputs:
             top1 = f"{o.top1_agreement:5.1%}" if o.top1_agreement is not None else "    -"
-            lines.append(f"{o.name:<22} {o.max_abs:10.2e} {o.mean_abs:10.2e} {o.max_rel:10.2e} "
-                         f"{o.mean_rel:10.2e}  {top1}  {'yes' if o.passes else 'NO'}")
+            line = (f"{o.name:<22} {o.max_abs:10.2e} {o.mean_abs:10.2e} {o.p99_abs:10.2e} {o.max_rel:10.2e} "
+                    f"{o.cosine:10.7f}  {top1}  {'yes' if o.passes else 'NO '}")
+            if o.name in extra:
+                line += f"   {extra[o.name].max_abs:10.2e} {extra[o.name].cosine:10.7f}"
+            lines.append(line)
         lines.append(f"graph on {self.backend['backend']} ({self.backend['runtime']} {self.backend['version']}, "
-                     f"{self.backend['device']}) vs the PyTorch reference; {self.rows} rows, "
-                     f"{self.visual_rows} visual")
-        verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"{verdict}: {len(self.outputs)} outputs within atol {self.atol:g}"
-                     if self.passed else f"{verdict}: the smallest passing atol is {self.smallest_passing_atol:.2e}")
+                     f"{self.backend['device']}, {self.backend['precision']}) vs the fp32 PyTorch reference; "
+                     f"{self.rows} rows, {self.visual_rows} visual")
+        if half and self.reference_drift:
+            worst = min(o.cosine for o in self.reference_drift)
+            logits = next((o for o in self.reference_drift if o.top1_agreement is not None), None)
+            if np.isfinite(worst):
+                lines.append(f"the PyTorch model in {self.dtype} against fp32: lowest cosine {worst:.7f}"
+                             + (f", top-1 {logits.top1_agreement:.1%}" if logits else ""))
+        advice = "; fp16 holds at most 65504: export with --dtype bfloat16" if self.dtype == "float16" else ""
+        if self.nonfinite and self.reference_nonfinite:
+            lines.append(f"non-finite outputs, as in the PyTorch model in {self.dtype}: {self.nonfinite}{advice}")
+        elif self.nonfinite:
+            lines.append(f"non-finite outputs: {self.nonfinite}{advice}")
+        elif self.reference_nonfinite:
+            lines.append(f"the PyTorch model in {self.dtype} overflows: {self.reference_nonfinite}{advice}"
+                         + ("" if self.nonfinite else f" (this backend keeps the graph finite, a strictly "
+                                                      f"typed {SHORT[self.dtype]} engine will not)"))
+        gates = Gates(**self.gates).describe()
+        if self.passed:
+            lines.append(f"PASS: {len(self.outputs)} outputs within {gates}")
+        elif half:
+            outside = sum(not o.passes for o in self.outputs)
+            lines.append(f"FAIL: {outside} outputs outside {gates}" if outside else
+                         f"FAIL: the outputs are within {gates}, but the model overflows in {self.dtype}")
+        else:
+            lines.append(f"FAIL: the smallest passing atol is {self.smallest_passing_atol:.2e} ({gates})")
         return "\n".join(lines)
 
 
-def compare_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray], atol: float) -> list[OutputError]:
-    errors = []
-    for name, expected in want.items():
-        actual = got[name].astype(np.float64)
-        expected = expected.astype(np.float64)
-        if actual.shape != expected.shape:
-            raise VskipError(f"output {name}: the graph gives shape {actual.shape}, the reference {expected.shape}")
-        diff = np.abs(actual - expected)
-        rel = diff / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
-        top1 = None
-        if name == "logits":
-            top1 = float((actual.argmax(-1) == expected.argmax(-1)).mean())
-        errors.append(OutputError(name, float(diff.max(initial=0)), float(diff.mean()) if diff.size else 0.0,
-                                  float(rel.max(initial=0)), float(rel.mean()) if rel.size else 0.0,
-                                  bool(diff.max(initial=0) <= atol), top1))
-    return errors
+def _finite(value):
+    """JSON has no NaN or Inf: such a number is written as null (``nonfinite`` counts them)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def validate(graph: str | Path, plan: str | Path | None = None, model: str | None = None,
              inputs: str | Path | None = None, visual_rows: str | None = None,
-             atol: float = DEFAULT_ATOL, seed: int = 0, backend: str = DEFAULT_BACKEND) -> ValidationReport:
+             atol: float | None = None, seed: int = 0, backend: str = DEFAULT_BACKEND,
+             min_cosine: float | None = None, min_top1: float | None = None) -> ValidationReport:
     """Run ``graph`` on ``backend`` and the PyTorch skip reference on the same feeds; compare.
 
     ``model`` (a checkpoint directory or tiny preset, with ``seed``) overrides the export's
-    sidecar; ``plan`` (a file) overrides the plan the graph records.
+    sidecar; ``plan`` (a file) overrides the plan the graph records. A graph in fp16 or
+    bf16 is compared with the fp32 model (the gates) and with the model in its own type
+    (how much of the distance is the type's own); ``atol`` / ``min_cosine`` / ``min_top1``
+    override the :data:`DEFAULT_GATES` of the graph's type.
     """
     from .backends import TORCH, get_backend
+    from .core.dtypes import DTYPES
     from .core.files import read_npz
     from .core.sidecar import Sidecar, read_sidecar
     from .models.inputs import prepare_decoder_inputs, synthetic_prompt
 
-    graph = Path(graph)
-    if not (atol >= 0 and np.isfinite(atol)):
-        raise VskipError(f"--atol must be a finite tolerance >= 0, got {atol}")
+    graph, engine = Path(graph), None
+    if graph.suffix != ".onnx":  # an engine: the reference comes from the graph it was built from
+        if backend != "trt":
+            raise VskipError(f"{graph}: not an .onnx graph; a TensorRT engine from `vskip build` runs on --backend trt")
+        from .trt.build import read_engine_sidecar
+
+        engine, graph = graph, Path(read_engine_sidecar(graph).source_graph)
+    for flag, value in (("--atol", atol), ("--min-cosine", min_cosine), ("--min-top1", min_top1)):
+        if value is not None and not (value >= 0 and np.isfinite(value)):
+            raise VskipError(f"{flag} must be a finite number >= 0, got {value}")
     if backend == TORCH.name:
         raise VskipError("--backend torch is the PyTorch reference itself; validate the graph on an ONNX "
-                         "backend (ort-cpu, ort-cuda, ort-trt), or PyTorch's live-rows run on torch-skip")
+                         "backend (ort-cpu, ort-cuda, ort-trt, onnx-ref), or PyTorch's live-rows run on torch-skip")
     runner = get_backend(backend)  # an unavailable backend costs nothing: checked first
     if inputs is not None and visual_rows is None:
         raise VskipError("with --inputs, give --visual-rows (the visual rows of those feeds)")
@@ -121,16 +264,22 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
         raise VskipError("--visual-rows describes the rows of --inputs; add --inputs FEEDS.npz")
     plan_obj, info = load_plan(plan) if plan is not None else (None, None)
     sidecar = Sidecar(source=model, seed=seed, path="--model") if model is not None else read_sidecar(graph)
-    reference = TORCH.load(graph, sidecar=sidecar, plan=plan_obj)
+    reference = TORCH.load(graph, sidecar=sidecar, plan=plan_obj)  # in the graph's own type
     loaded, plan_obj = reference.loaded, reference.plan
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(reference.description.precision)
+    if dtype not in DTYPES:
+        raise VskipError(f"{graph}: takes {reference.description.precision} inputs; vskip validates "
+                         f"{', '.join(DTYPES)} graphs")
+    gates = _gates(dtype, atol, min_cosine, min_top1)
     family = loaded.family
     if info is not None:
         info.check_model(family.model_type, plan_obj.num_layers)
-    session = runner.load(graph, sidecar=sidecar)
+    session = runner.load(graph, sidecar=sidecar, **({"engine": engine} if engine else {}))
     if inputs is None:
-        prompt = synthetic_prompt(family, loaded.config, DEFAULT_LAYOUT, seed=(sidecar.seed or 0) + 1)
+        batch = 1 if dtype == "float32" else HALF_BATCH
+        prompt = synthetic_prompt(family, loaded.config, DEFAULT_LAYOUT, batch=batch, seed=(sidecar.seed or 0) + 1)
         prepared = prepare_decoder_inputs(family, loaded.model, prompt)
-        feeds = {k: v.numpy() for k, v in prepared.feeds.items()}
+        feeds = {k: to_numpy(v) for k, v in prepared.feeds.items()}
         visual = visual_rows_from_ids(prompt.input_ids.numpy(), family.image_token_id(loaded.config))
     else:
         feeds = read_npz(inputs)
@@ -138,11 +287,35 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     feeds = {k: v for k, v in feeds.items() if k not in ROW_INPUTS}  # the rows come from the visual rows alone
     wanted = [spec.name for spec in session.inputs + reference.inputs if spec.name in ROW_INPUTS]
     feeds.update(row_feeds(visual, list(dict.fromkeys(wanted))))
-    # Each session takes its own inputs; one it lacks is named by its feed check.
-    got = session.run({spec.name: feeds[spec.name] for spec in session.inputs if spec.name in feeds})
-    want = reference.run({spec.name: feeds[spec.name] for spec in reference.inputs if spec.name in feeds})
-    return ValidationReport(
-        graph=str(graph), model=sidecar.source, backend=session.description.to_dict(),
+
+    def run(on):  # each session takes its own inputs; one it lacks is named by its feed check
+        return on.run({spec.name: feeds[spec.name] for spec in on.inputs if spec.name in feeds})
+
+    got, same = run(session), run(reference)
+    report = ValidationReport(
+        graph=str(engine or graph), model=sidecar.source, backend=session.description.to_dict(),
         plan=[a.value for a in plan_obj.actions], freeze_scope=plan_obj.freeze_scope.value,
-        rows=int(visual.shape[0]), visual_rows=int(visual.sum()), atol=atol,
-        outputs=compare_outputs(got, want, atol))
+        rows=int(visual.shape[0]), visual_rows=int(visual.sum()), dtype=dtype, gates=asdict(gates),
+        nonfinite=first_nonfinite_layer(got))
+    if dtype == "float32":
+        report.outputs = compare_outputs(got, same, gates)
+        return report
+    fp32 = run(TORCH.load(graph, sidecar=sidecar, plan=plan_obj, dtype="float32"))
+    report.outputs = compare_outputs(got, fp32, gates)
+    report.same_dtype = compare_outputs(got, same, gates)
+    report.reference_drift = compare_outputs(same, fp32, gates)
+    report.reference_nonfinite = first_nonfinite_layer(same)
+    return report
+
+
+def _gates(dtype: str, atol, min_cosine, min_top1) -> Gates:
+    """The graph type's default gates with the user's overrides; a gate of the other kind is an error."""
+    default = DEFAULT_GATES[dtype]
+    if dtype == "float32":
+        if min_cosine is not None or min_top1 is not None:
+            raise VskipError("--min-cosine and --min-top1 gate fp16/bf16 graphs; an fp32 graph is gated by --atol")
+        return Gates(dtype, atol=DEFAULT_ATOL if atol is None else atol)
+    if atol is not None:
+        raise VskipError(f"--atol gates fp32 graphs; this graph is {dtype}: use --min-cosine / --min-top1")
+    return Gates(dtype, min_cosine=default.min_cosine if min_cosine is None else min_cosine,
+                 min_top1=default.min_top1 if min_top1 is None else min_top1)

@@ -88,9 +88,12 @@ def _dense_deepstack(self, hidden_states, visual_pos_masks, visual_embeds):
     sequence). A running count of visual rows indexes a table with a zero row in front,
     so every visual row gathers its feature and every other row gathers zeros: adding
     gives exactly transformers' result, with Gather + CumSum instead of NonZero.
+
+    The count runs in fp32: TensorRT's CumSum takes float types only (onnx-tensorrt's
+    operator table), and fp32 counts exactly up to 2^24 rows, far beyond any prompt.
     """
     mask = visual_pos_masks.to(hidden_states.device).reshape(-1)
     table = torch.cat([visual_embeds.new_zeros(1, visual_embeds.shape[-1]),
                        visual_embeds.to(hidden_states.dtype)], dim=0)
-    index = torch.cumsum(mask.long(), dim=0) * mask.long()
+    index = (torch.cumsum(mask.float(), dim=0) * mask.float()).long()
     return hidden_states + table[index].reshape(hidden_states.shape)

@@ -18,7 +18,7 @@ from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 
 
 def test_registry_names_every_backend_once():
-    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-skip", "trt"]
+    assert list(BACKENDS) == ["ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-skip", "onnx-ref", "trt"]
     with pytest.raises(VskipError, match="unknown backend 'tensorflow'; backends are ort-cpu, ort-cuda"):
         get_backend("tensorflow")
 

@@ -35,6 +35,8 @@ def test_no_sidecar_is_none(tmp_path):
     ({"seed": 1.5}, "'seed' must be an integer"),
     ({"source": 7}, "'source' must be a string"),
     ({"logits": "some"}, "'logits' must be \"last\" or \"all\""),
+    ({"dtype": "float64"}, "'dtype' must be one of float32, float16, bfloat16"),
+    ({"dtype": 16}, "'dtype' must be a string"),
     ({"format": "onnx"}, "not a vskip export sidecar"),
     ({"version": 9}, "sidecar version 9 is not supported"),
     ({"surprise": 1}, "unknown sidecar field(s) 'surprise'"),
@@ -62,3 +64,9 @@ def test_require_names_what_is_missing():
     assert sidecar.require(["num_layers"]) is sidecar
     with pytest.raises(VskipError, match=r"hand.json: the sidecar lacks hidden_size, head_dim"):
         sidecar.require(["num_layers", "hidden_size", "head_dim"])
+
+
+def test_dtype_is_read_and_defaults_to_float32():
+    assert parse_sidecar(GOOD, "x").float_type == "float32"  # sidecars before typed exports
+    typed = parse_sidecar({**GOOD, "dtype": "bfloat16"}, "x")
+    assert typed.float_type == "bfloat16" and json.loads(typed.to_json())["dtype"] == "bfloat16"

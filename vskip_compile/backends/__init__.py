@@ -6,7 +6,8 @@ registry is the only list of them, and ``--backend`` takes its names.
     ort-trt    ONNX Runtime, TensorRT execution provider (onnxruntime-gpu with TensorRT)
     torch      the PyTorch skip reference
     torch-skip the same model computing only the plan's live rows (what PyTorch's seconds are)
-    trt        native TensorRT engines (not built yet)
+    onnx-ref   onnx's reference evaluator (exact fp16/bf16 numerics on CPU, small graphs)
+    trt        native TensorRT engines from `vskip build`, through Polygraphy's TrtRunner
 
 Importing this package imports no runtime: each backend imports its library when used.
 """
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from ..core.errors import VskipError
 from .base import Backend, Description, Session, TensorSpec, check_feeds
+from .onnx_reference import ONNX_REFERENCE
 from .ort import ORT_CPU, ORT_CUDA, ORT_TRT
 from .tensorrt import TENSORRT
 from .torch_reference import TORCH, TORCH_SKIP
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TORCH_SKIP, TENSORRT)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, TORCH, TORCH_SKIP, ONNX_REFERENCE,
+                                                     TENSORRT)}
 DEFAULT = ORT_CPU.name
 
 __all__ = ["BACKENDS", "DEFAULT", "TORCH", "TORCH_SKIP", "Backend", "Description", "Session", "TensorSpec", "check_feeds",

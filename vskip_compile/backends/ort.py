@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.dtypes import numpy_dtype
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads, one_line
 from ..core.sidecar import Sidecar
 from .base import Backend, Description, Session, TensorSpec, precision_of
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+           "tensor(bfloat16)": numpy_dtype("bfloat16").type}
 
 
 class OrtSession(Session):
@@ -91,11 +93,25 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), settings, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types for bad or truncated files
-            raise VskipError(f"{path}: ONNX Runtime cannot load it: {one_line(exc)}") from None
+            hint = ""
+            if "NOT_IMPLEMENTED" in str(exc) and _takes_bfloat16(path):
+                hint = ("; ONNX Runtime's CPU provider has no bfloat16 arithmetic: run bf16 graphs with "
+                        "--backend onnx-ref (exact, tiny graphs only) or on a GPU (ort-cuda, trt)")
+            raise VskipError(f"{path}: ONNX Runtime cannot load it: {one_line(exc)}{hint}") from None
         if session.get_providers()[0] != self.providers[0]:
             raise VskipError(f"{path}: ONNX Runtime fell back to {session.get_providers()[0]} instead of "
                              f"{self.providers[0]}; check the CUDA / TensorRT installation (backend {self.name})")
         return OrtSession(session, self.name)
+
+
+def _takes_bfloat16(path: Path) -> bool:
+    """Whether the graph has a bfloat16 input (read without its weights)."""
+    from onnx import TensorProto
+
+    from ..core.graph_io import load_graph
+
+    return any(i.type.tensor_type.elem_type == TensorProto.BFLOAT16
+               for i in load_graph(path, weights_needed=False).graph.input)
 
 
 _GPU = "pip install 'vskip[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU and CUDA"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.dtypes import graph_float_type
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads
 from ..core.plan import Plan, Rows
@@ -38,10 +39,10 @@ class TorchSession(Session):
         self.names = prefill_input_names(loaded.family)
         self.inputs, self.outputs = inputs, outputs
         self.decoder = PrefillDecoder(loaded.family, loaded.model, all_logits=all_logits)
-        dtype = next(loaded.model.parameters()).dtype
+        self.dtype = next(loaded.model.parameters()).dtype
         self.description = Description(name, "torch", torch.__version__, "CPU",
                                        {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-                                       .get(dtype, str(dtype)))
+                                       .get(self.dtype, str(self.dtype)))
 
     def infer(self, feeds):
         import torch
@@ -51,7 +52,7 @@ class TorchSession(Session):
 
         run_plan = skip_rows if self.skipping else skip_reference
         visual = self._visual(feeds)
-        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names]
+        tensors = [to_torch(feeds[n], self.dtype) for n in self.names]
         rows = torch.from_numpy(visual).expand(tensors[0].shape[0], -1)
         previous = torch.get_num_threads()
         if self.threads:  # per run, so the process's own setting is left as it was
@@ -64,7 +65,7 @@ class TorchSession(Session):
         if len(values) != len(self.outputs):
             raise VskipError(f"the model gives {len(values)} outputs but the graph has {len(self.outputs)}; "
                              "is the model the graph's own?")
-        return {spec.name: value.numpy() for spec, value in zip(self.outputs, values)}
+        return {spec.name: to_numpy(value) for spec, value in zip(self.outputs, values)}
 
     def _visual(self, feeds) -> np.ndarray:
         """The visual-row mask the row inputs describe (none without row inputs)."""
@@ -79,6 +80,30 @@ class TorchSession(Session):
             raise VskipError(f"{SUFFIX_ROWS}: must be every row after the last visual row "
                              f"(the rows {TEXT_ROWS} leaves out are the visual ones)")
         return visual
+
+
+def to_torch(array: np.ndarray, dtype):
+    """A feed as a tensor; float feeds in the model's type (an fp32 model takes a half
+    graph's feeds exactly, widened). NumPy's bfloat16 (ml_dtypes) crosses as raw bits."""
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if array.dtype.name == "bfloat16":
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def to_numpy(tensor) -> np.ndarray:
+    """An output as an array of the same type (bfloat16 as ml_dtypes' bfloat16)."""
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        from ..core.dtypes import numpy_dtype
+
+        return tensor.contiguous().view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+    return tensor.numpy()
 
 
 # One load per model and process, shared by torch and torch-skip: bench opens many graphs
@@ -101,9 +126,12 @@ class TorchBackend(Backend):
         return None
 
     def load(self, path: Path, *, threads: int | None = None, outputs: Outputs | None = None,
-             sidecar: Sidecar | None = None, progress=None, plan: Plan | None = None) -> TorchSession:
+             sidecar: Sidecar | None = None, progress=None, plan: Plan | None = None,
+             dtype: str | None = None) -> TorchSession:
         """The model is the ``source`` of ``sidecar`` (default: the vskip.json beside the
-        graph). ``plan``: default the graph's recorded plan, else the empty plan."""
+        graph). ``plan``: default the graph's recorded plan, else the empty plan.
+        ``dtype``: the type the model runs in; default the graph's own floating type, so
+        a half-precision graph is compared with the model in that type."""
         from ..core.graph_io import load_graph, recorded_plan
 
         path = Path(path)
@@ -121,7 +149,8 @@ class TorchBackend(Backend):
             raise VskipError(f"{sidecar.path}: the sidecar names no 'source' model, which the PyTorch reference "
                              "needs (validate: --model)")
         model, seed = sidecar.source, sidecar.seed or 0
-        loaded = self._model(model, seed, progress)
+        specs = {i.name: _spec(i) for i in graph.graph.input}
+        loaded = self._model(model, seed, dtype or graph_float_type(specs.values()), progress)
         num_layers = len(loaded.family.decoder_layers(loaded.model))
         if plan is None:
             plan = recorded_plan(graph, path) or Plan.empty(num_layers)
@@ -130,7 +159,6 @@ class TorchBackend(Backend):
         threads = check_threads(threads)
         from ..models.wrappers import prefill_input_names
 
-        specs = {i.name: _spec(i) for i in graph.graph.input}
         # The row inputs the plan needs (given even to a vanilla graph's reference) or the graph takes.
         rows = [n for n in row_inputs(plan) if n in specs or not plan.is_empty]
         names = prefill_input_names(loaded.family) + rows
@@ -143,14 +171,14 @@ class TorchBackend(Backend):
         all_logits = logits is None or len(logits.shape) < 2 or logits.shape[1] != 1
         return TorchSession(loaded, plan, inputs, outputs_, all_logits, threads, self.name, self.skipping)
 
-    def _model(self, source: str, seed: int, progress):
-        key = (source, seed)
+    def _model(self, source: str, seed: int, dtype: str, progress):
+        key = (source, seed, dtype)
         if key not in _MODELS:
             from ..models.loading import load_model
 
             if progress:
-                progress(f"loading {source} for PyTorch")
-            _MODELS[key] = load_model(source, seed=seed)
+                progress(f"loading {source} for PyTorch ({dtype})")
+            _MODELS[key] = load_model(source, seed=seed, dtype=dtype)
         return _MODELS[key]
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .dtypes import DTYPES
 from .errors import VskipError
 from .files import read_json
 
@@ -26,6 +27,8 @@ MAX_SIDECAR_BYTES = 2**20
 DIM_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
               "intermediate_size")
 _POSITIVE = DIM_FIELDS + ("vocab_size", "position_rank", "opset")
+# A sidecar without a dtype describes a float32 export: every vskip before typed exports
+# wrote float32 only.
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Sidecar:
     position_rank: int | None = None     # 1: [B, S] positions; 3: M-RoPE [3, B, S]
     opset: int | None = None
     logits: str | None = None            # "last" or "all"
+    dtype: str | None = None             # one of DTYPES; None reads as float32
     prefill: GraphEntry | None = None
     decode: GraphEntry | None = None
     path: str = "the sidecar"            # where it was read from, for messages (not written)
@@ -67,6 +71,11 @@ class Sidecar:
     def dims(self) -> dict:
         """The dimension fields that are set, as the FLOPs formula takes them."""
         return {n: getattr(self, n) for n in (*DIM_FIELDS, "vocab_size", "logits") if getattr(self, n) is not None}
+
+    @property
+    def float_type(self) -> str:
+        """The export's floating type (``float32`` for sidecars older than typed exports)."""
+        return self.dtype or "float32"
 
     def to_dict(self) -> dict:
         data: dict = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION}
@@ -127,13 +136,15 @@ def parse_sidecar(data, source: str) -> Sidecar:
             if type(data[key]) is not int or abs(data[key]) > 2**63:
                 fail(f"'{key}' must be an integer")
             values[key] = data[key]
-    for key in ("family", "source", "logits"):
+    for key in ("family", "source", "logits", "dtype"):
         if data.get(key) is not None:
             if not isinstance(data[key], str) or len(data[key]) > 4096:
                 fail(f"'{key}' must be a string")
             values[key] = data[key]
     if values.get("logits") not in (None, "last", "all"):
         fail(f"'logits' must be \"last\" or \"all\", got {values['logits'][:40]!r}")
+    if values.get("dtype") not in (None, *DTYPES):
+        fail(f"'dtype' must be one of {', '.join(DTYPES)}, got {values['dtype'][:40]!r}")
     for key in ("prefill", "decode"):
         if data.get(key) is not None:
             values[key] = _graph_entry(data[key], f"'{key}'", fail)

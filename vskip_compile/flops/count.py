@@ -42,6 +42,7 @@ from ..core.graph_io import load_graph, recorded_causal_blocks, recorded_plan
 from ..core.plan import Rows
 from ..core.shapes import InferredShapes, ShapeInferenceError
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask
+from ..passes.graph_queries import import_graph
 from .attribute import COUNTED, attribute, where
 from .report import FlopsError, FlopsReport, LayerFlops, NodeFlops
 
@@ -101,7 +102,7 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
                          "less the chunks' skipped keys)")
     stripped = _shapes_only(model)
     _fix_input_dims(stripped, B, S, V, U, dims or {})
-    graph = gs.import_onnx(stripped)
+    graph = import_graph(stripped)
     graph.toposort()
     _refuse_unknown_matrix_ops(stripped.graph)
     shapes = _Shapes(stripped, graph)
