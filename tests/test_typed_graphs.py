@@ -57,6 +57,7 @@ def test_typed_export_and_its_compiled_graph(family, opset, dtype, exported):
         assert report.passed, report.table()
         assert report.dtype == dtype and report.nonfinite is None and report.reference_nonfinite is None
         assert report.same_dtype and report.reference_drift  # compared with the model in its type too
+        assert report.first_failing_layer() is None and "every layer's K/V within the gate" in report.layer_table()
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -112,8 +113,10 @@ def test_overflow_in_fp16_names_the_layer_and_suggests_bf16(overflowing, tmp_pat
     assert not exact.passed
     assert "overflowed in layer 1" in exact.nonfinite and "present.2.key" in exact.nonfinite
     assert "overflowed in layer 1" in exact.reference_nonfinite
-    assert main(["validate", str(graph), "--backend", "onnx-ref"]) == 1
-    assert "export with --dtype bfloat16" in capsys.readouterr().out
+    assert exact.first_failing_layer() == 2  # layer 1's output is the stream layer 2's K/V are made from
+    assert main(["validate", str(graph), "--backend", "onnx-ref", "--per-layer"]) == 1
+    out = capsys.readouterr().out
+    assert "export with --dtype bfloat16" in out and "the drift starts at layer 2" in out
     # ONNX Runtime CPU keeps fp16 chains in fp32 and hides the overflow; validate still fails
     hidden = validate(graph)
     assert hidden.nonfinite is None and not hidden.passed and "layer 1" in hidden.reference_nonfinite

@@ -462,6 +462,8 @@ class Validate(Command):
                                                              "the fp32 model (default 0.99998 fp16, 0.998 bf16)")
         parser.add_argument("--min-top1", type=float, help="an fp16/bf16 graph's lowest top-1 agreement of the "
                                                            "logits with the fp32 model (default 0.75)")
+        parser.add_argument("--per-layer", action="store_true",
+                            help="also print every layer's present K/V and the layer where a drift starts")
         add_backend(parser)
         add_json(parser, "the report")
         add_force(parser, "the --json file")
@@ -472,7 +474,7 @@ class Validate(Command):
         report = Report(args.json, [args.graph, args.plan, args.inputs], args.force)
         result = validate(args.graph, args.plan, args.model, args.inputs, args.visual_rows, args.atol,
                           backend=args.backend, min_cosine=args.min_cosine, min_top1=args.min_top1)
-        report.table(result.table())
+        report.table(result.table() + ("\n" + result.layer_table() if args.per_layer else ""))
         report.emit(json.loads(result.to_json()))
         return 0 if result.passed else 1
 

@@ -132,7 +132,7 @@ def first_nonfinite_layer(outputs: dict[str, np.ndarray]) -> str | None:
     bad = {name for name, value in outputs.items() if not np.isfinite(np.asarray(value, np.float64)).all()}
     if not bad:
         return None
-    layers = sorted({int(n.split(".")[1]) for n in bad if n.startswith("present.") and n.split(".")[1].isdigit()})
+    layers = sorted({_layer_of(n) for n in bad} - {None})
     if not layers:
         return f"{', '.join(sorted(bad))} non-finite with every layer's K/V finite: the last layer or the LM head"
     first = layers[0]
@@ -169,8 +169,39 @@ class ValidationReport:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data.update(passed=self.passed, smallest_passing_atol=self.smallest_passing_atol)
+        data.update(passed=self.passed, smallest_passing_atol=self.smallest_passing_atol,
+                    first_failing_layer=self.first_failing_layer())
         return json.dumps(_finite(data), indent=2)
+
+    def first_failing_layer(self) -> int | None:
+        """The first layer whose present K or V fails its gate: where a drift starts."""
+        failing = [_layer_of(o.name) for o in self.outputs if not o.passes and _layer_of(o.name) is not None]
+        return min(failing, default=None)
+
+    def layer_table(self) -> str:
+        """One line per layer: its K and V against the fp32 model (and, for a half graph,
+        against the model in the graph's type), and where the first failure is."""
+        half = self.dtype != "float32"
+        by_layer: dict[int, dict] = {}
+        for o in self.outputs:
+            if _layer_of(o.name) is not None:
+                by_layer.setdefault(_layer_of(o.name), {})[o.name.rsplit(".", 1)[-1]] = o
+        same = {o.name: o for o in self.same_dtype}
+        lines = [f"{'layer':>5} {'K max abs':>10} {'K cosine':>10} {'V max abs':>10} {'V cosine':>10}  ok"
+                 + (f"   vs {SHORT[self.dtype]} torch: K cosine, V cosine" if half else "")]
+        for layer in sorted(by_layer):
+            k, v = by_layer[layer].get("key"), by_layer[layer].get("value")
+            if k is None or v is None:
+                continue
+            line = (f"{layer:>5} {k.max_abs:10.2e} {k.cosine:10.7f} {v.max_abs:10.2e} {v.cosine:10.7f}  "
+                    f"{'yes' if k.passes and v.passes else 'NO '}")
+            if half and k.name in same and v.name in same:
+                line += f"   {same[k.name].cosine:10.7f} {same[v.name].cosine:10.7f}"
+            lines.append(line)
+        first = self.first_failing_layer()
+        lines.append("every layer's K/V within the gate" if first is None else
+                     f"the drift starts at layer {first}: its K/V are the first outside the gate")
+        return "\n".join(lines)
 
     def table(self) -> str:
         half = self.dtype != "float32"
@@ -213,6 +244,12 @@ class ValidationReport:
         else:
             lines.append(f"FAIL: the smallest passing atol is {self.smallest_passing_atol:.2e} ({gates})")
         return "\n".join(lines)
+
+
+def _layer_of(name: str) -> int | None:
+    """The layer of a ``present.{i}.key`` / ``present.{i}.value`` output, else None."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[0] == "present" and parts[1].isdigit() else None
 
 
 def _finite(value):
