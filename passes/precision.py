@@ -19,8 +19,10 @@ networks, so the precision must be in the graph itself.
    (as :func:`vskip_compile.core.islands.softmax_islands` does for typed exports).
 4. *Optionally the LM head* (``lm_head=True``): the MatMul or Gemm the ``logits`` output
    comes from, and what follows it; ``logits`` is then fp32.
-5. *Range:* nodes whose output a reference run on sample feeds shows beyond the fp16
-   range (``keep_fp32``: node names from :func:`out_of_range_nodes`).
+5. *Range* (fp16 only): every node that makes or reads a tensor which a reference run of
+   the fp32 graph on sample feeds shows beyond fp16's range (``keep_fp32``: the tensors
+   :func:`out_of_range_tensors` finds). Producer and consumers both, since a value cast to
+   fp16 on its way to a consumer would overflow there.
 
 Everything else computes in the target type: graph inputs and outputs, weights, the K/V
 cache. A tensor crossing between an island and the rest gets one Cast per target type;
@@ -106,9 +108,9 @@ def find_islands(g: "_Graph", types: dict, lm_head: bool = False, keep_fp32=()) 
             islands["softmax"].add(id(node))
     if lm_head:
         islands["LM head"] = _lm_head(g, g.graph)
-    if keep_fp32:
-        wanted = set(keep_fp32)
-        islands["out of range"] = {id(n) for n in g.nodes if n.name in wanted}
+    if keep_fp32:  # tensors a reference run found beyond the type: made and used in fp32
+        islands["out of range"] = {id(g.producer[t]) for t in keep_fp32 if t in g.producer} | {
+            id(n) for t in keep_fp32 for n in g.consumers.get(t, [])}
     return islands
 
 
@@ -335,3 +337,39 @@ def convert_weights(model: onnx.ModelProto, files: dict, model_path, converted: 
         for key, value in (("location", location), ("offset", str(start)), ("length", str(len(data)))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
+
+
+def out_of_range_tensors(model: onnx.ModelProto, model_dir, feeds: dict, limit: float = FP16_MAX) -> list[str]:
+    """The float tensors of ``model`` (fp32, value_info filled in; weights may stay in
+    ``model_dir``'s external data) whose largest magnitude on ``feeds`` exceeds ``limit``,
+    from one ONNX Runtime run with every float tensor as an output."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for info in model.graph.value_info:
+        if info.type.tensor_type.elem_type in FLOATS and info.name not in present:
+            probe.graph.output.append(info)
+    settings = ort.SessionOptions()
+    settings.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
+    settings.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), settings, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
+    except KeyError as missing:
+        raise VskipError(f"the range check's feeds lack the graph input {missing}") from None
+    except Exception as exc:  # ORT's own exception types
+        from vskip_compile.core.files import one_line
+
+        raise VskipError(f"the range check could not run the fp32 graph on ONNX Runtime: {one_line(exc)}") from None
+    found = []
+    for name, value in zip(names, values):
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and value.size:
+            finite = value[np.isfinite(value)]
+            if finite.size and float(np.abs(finite).max()) > limit:
+                found.append(name)
+    return found

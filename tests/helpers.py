@@ -69,3 +69,22 @@ def check_islands(model, types: dict[str, int], opset: int) -> None:
     assert trig and all(types[n.input[0]] == TensorProto.FLOAT for n in trig)
 
 
+
+
+def overflowing_checkpoint(directory):
+    """A tiny Qwen2-VL checkpoint whose layer-1 FFN writes ~1e5 into the residual stream:
+    beyond fp16's 65504, with every weight inside it. The shared tiny model is left as it was."""
+    from conftest import tiny_model
+
+    loaded = tiny_model("qwen2_vl")
+    state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    mlp = loaded.family.decoder_layers(loaded.model)[1].mlp
+    try:
+        with torch.no_grad():
+            mlp.gate_proj.weight.mul_(100)
+            mlp.up_proj.weight.mul_(100)
+            mlp.down_proj.weight.mul_(1000)
+        loaded.model.save_pretrained(directory)
+    finally:
+        loaded.model.load_state_dict(state)
+    return directory

@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
-from conftest import FAMILIES, tiny_model
-from helpers import check_islands, strict_types
+from conftest import FAMILIES
+from helpers import check_islands, overflowing_checkpoint, strict_types
 from vskip_compile.cli import main
 from vskip_compile.compile import compile_model
 from vskip_compile.core.errors import VskipError
@@ -89,21 +88,7 @@ def test_bf16_on_onnx_runtime_cpu_says_what_to_use(exported, capsys):
 
 @pytest.fixture(scope="module")
 def overflowing(tmp_path_factory):
-    """A tiny Qwen2-VL checkpoint whose layer-1 FFN writes ~1e5 into the residual stream:
-    beyond fp16's 65504, with every weight inside it."""
-    loaded = tiny_model("qwen2_vl")
-    directory = tmp_path_factory.mktemp("overflow") / "ckpt"
-    state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    mlp = loaded.family.decoder_layers(loaded.model)[1].mlp
-    try:
-        with torch.no_grad():
-            mlp.gate_proj.weight.mul_(100)
-            mlp.up_proj.weight.mul_(100)
-            mlp.down_proj.weight.mul_(1000)
-        loaded.model.save_pretrained(directory)
-    finally:
-        loaded.model.load_state_dict(state)  # the shared tiny model, as it was
-    return directory
+    return overflowing_checkpoint(tmp_path_factory.mktemp("overflow") / "ckpt")
 
 
 def test_overflow_in_fp16_names_the_layer_and_suggests_bf16(overflowing, tmp_path, capsys):

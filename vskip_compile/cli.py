@@ -225,13 +225,18 @@ class Cast(Command):
         parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the typed graph")
         parser.add_argument("--lm-head-fp32", action="store_true",
                             help="keep the LM head (and the logits output) in fp32")
+        parser.add_argument("--range-check", action="store_true",
+                            help="fp16: run the fp32 graph on validate's prompts for the vskip.json model and keep "
+                                 "in fp32 what goes beyond fp16's range")
+        parser.add_argument("--range-inputs", metavar="FEEDS.npz",
+                            help="fp16: the same range check on these feeds (a graph without vskip.json)")
         add_force(parser, "OUT.onnx and its weights")
 
     def run(self, args):
         from .cast import cast_model
 
         report = cast_model(args.model, args.dtype, args.output, force=args.force, lm_head=args.lm_head_fp32,
-                            progress=_progress)
+                            progress=_progress, range_check=args.range_check, range_inputs=args.range_inputs)
         print(f"wrote {report.output} ({report.dtype}) in {report.seconds:.1f} s")
         return 0
 

@@ -17,12 +17,13 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from conftest import FAMILIES
-from helpers import check_islands, strict_types
+from helpers import check_islands, overflowing_checkpoint, strict_types
 from vskip_compile.cast import cast_model
 from vskip_compile.cli import main
 from vskip_compile.compile import compile_model
 from vskip_compile.core.errors import VskipError
 from vskip_compile.core.plan import Action, Plan
+from vskip_compile.models.export import export_model
 from vskip_compile.validate import validate
 
 CASES = [(family, 20, "float16") for family in FAMILIES] + [(family, 23, "bfloat16") for family in FAMILIES]
@@ -95,3 +96,24 @@ def test_refusals_are_one_line_and_write_nothing(exported, tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "taken.onnx").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
+
+
+def test_the_range_check_keeps_overflowing_tensors_in_fp32(tmp_path, capsys):
+    """A stream beyond fp16's range: the plain fp16 cast overflows (exact fp16 rounding on
+    onnx-ref); with --range-check the tensors the fp32 run shows beyond 65504 stay fp32 and
+    the graph passes, though PyTorch's own fp16 model overflows on the same feeds."""
+    checkpoint = overflowing_checkpoint(tmp_path / "ckpt")
+    export_model(str(checkpoint), tmp_path / "fp32", decode=False, progress=None)
+    source = tmp_path / "fp32" / "prefill.onnx"
+    cast_model(source, "float16", tmp_path / "fp32" / "plain.onnx")
+    plain = validate(tmp_path / "fp32" / "plain.onnx", backend="onnx-ref")
+    assert not plain.passed and "overflowed in layer 1" in plain.nonfinite
+    assert main(["cast", str(source), "--dtype", "float16", "-o", str(tmp_path / "fp32" / "ranged.onnx"),
+                 "--range-check"]) == 0
+    assert "tensors beyond fp16's range on the sample feeds" in capsys.readouterr().err
+    ranged = validate(tmp_path / "fp32" / "ranged.onnx", backend="onnx-ref")
+    assert ranged.passed and ranged.nonfinite is None and ranged.range_islands > 0, ranged.table()
+    assert ranged.reference_nonfinite and "judged by its own outputs" in ranged.table()
+    strict_types(onnx.load(tmp_path / "fp32" / "ranged.onnx"))
+    with pytest.raises(VskipError, match="the range check is for float16"):
+        cast_model(source, "bfloat16", tmp_path / "b.onnx", range_check=True)

@@ -213,6 +213,20 @@ def recorded_causal_blocks(model: onnx.ModelProto, source: str | Path = "graph")
     return blocks
 
 
+RANGE_ISLANDS = "vskip.fp32_range_tensors"
+
+
+def recorded_range_islands(model: onnx.ModelProto, source: str | Path = "graph") -> int:
+    """How many tensors ``vskip cast --range-check`` kept in fp32 for their range (0: none)."""
+    text = _metadata(model, RANGE_ISLANDS)
+    if text is None:
+        return 0
+    value = parse_json(text, f"{source}: metadata {RANGE_ISLANDS}")
+    if type(value) is not int or value < 0:
+        raise VskipError(f"{source}: metadata {RANGE_ISLANDS} must be a count, got {str(value)[:40]}")
+    return value
+
+
 def set_metadata(model: onnx.ModelProto, key: str, value) -> None:
     entry = model.metadata_props.add()
     entry.key, entry.value = key, json.dumps(value, sort_keys=True)
