@@ -139,3 +139,22 @@ def test_ort_sessions_flush_denormals(compiled_and_feeds):
     out = compiled_and_feeds[0]
     options = open_session(out).session.get_session_options()
     assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
+def test_onnx_reference_runs_what_onnx_runtime_runs(compiled_and_feeds, monkeypatch):
+    """onnx's evaluator and ONNX Runtime agree on an fp32 compiled graph (fp32 1e-4), and the
+    evaluator refuses graphs too large for it in one line."""
+    from vskip_compile.backends import onnx_reference
+
+    out, _, feeds, visual, _ = compiled_and_feeds
+    ort, ref = open_session(out), open_session(out, "onnx-ref")
+    names = [s.name for s in ort.inputs]
+    run_feeds = {**{k: v for k, v in feeds.items() if k in names}, **row_feeds(visual, [n for n in names
+                                                                                  if n.startswith("vskip_")])}
+    got, want = ref.run(run_feeds), ort.run(run_feeds)
+    assert ref.description.backend == "onnx-ref" and set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=FP32_ATOL, rtol=0, err_msg=name)
+    monkeypatch.setattr(onnx_reference, "MAX_WEIGHT_BYTES", 1024)
+    with pytest.raises(VskipError, match="too much for the onnx reference evaluator"):
+        open_session(out, "onnx-ref")

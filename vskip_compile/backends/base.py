@@ -34,6 +34,15 @@ class TensorSpec:
     dtype: type | None       # numpy scalar type; None where the backend does not say
 
 
+def spec_of(info) -> TensorSpec:
+    """The TensorSpec of an ONNX ValueInfoProto (a graph's declared input or output)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    tensor = info.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return TensorSpec(info.name, shape, tensor_dtype_to_np_dtype(tensor.elem_type).type if tensor.elem_type else None)
+
+
 @dataclass(frozen=True)
 class Description:
     """What a session runs on, for reports: e.g. onnxruntime 1.32.0, CPU, fp32."""

@@ -16,7 +16,7 @@ import numpy as np
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads, one_line
 from ..core.sidecar import Sidecar
-from .base import Backend, Description, Session, precision_of
+from .base import Backend, Description, Session, precision_of, spec_of
 
 # Above this many weight bytes the evaluator would take minutes per run (NumPy, one op at a time).
 MAX_WEIGHT_BYTES = 256 * 2**20
@@ -26,11 +26,9 @@ class ReferenceSession(Session):
     def __init__(self, evaluator, model):
         import onnx
 
-        from .torch_reference import _spec
-
         self.evaluator = evaluator
-        self.inputs = [_spec(i) for i in model.graph.input]
-        self.outputs = [_spec(o) for o in model.graph.output]
+        self.inputs = [spec_of(i) for i in model.graph.input]
+        self.outputs = [spec_of(o) for o in model.graph.output]
         self.description = Description("onnx-ref", "onnx reference evaluator", onnx.__version__, "CPU",
                                        precision_of(self.inputs))
 

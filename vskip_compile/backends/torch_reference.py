@@ -26,7 +26,7 @@ from ..core.files import Outputs, check_threads
 from ..core.plan import Plan, Rows
 from ..core.sidecar import Sidecar, read_sidecar, sidecar_path
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask, row_inputs, sequence_length
-from .base import Backend, Description, Session, TensorSpec
+from .base import Backend, Description, Session, TensorSpec, spec_of
 
 class TorchSession(Session):
     def __init__(self, loaded, plan: Plan, inputs: list[TensorSpec], outputs: list[TensorSpec], all_logits: bool,
@@ -149,7 +149,7 @@ class TorchBackend(Backend):
             raise VskipError(f"{sidecar.path}: the sidecar names no 'source' model, which the PyTorch reference "
                              "needs (validate: --model)")
         model, seed = sidecar.source, sidecar.seed or 0
-        specs = {i.name: _spec(i) for i in graph.graph.input}
+        specs = {i.name: spec_of(i) for i in graph.graph.input}
         loaded = self._model(model, seed, dtype or graph_float_type(specs.values()), progress)
         num_layers = len(loaded.family.decoder_layers(loaded.model))
         if plan is None:
@@ -166,7 +166,7 @@ class TorchBackend(Backend):
         if missing:
             raise VskipError(f"{path}: the graph lacks the model's inputs {', '.join(missing)}; is the model its own?")
         inputs = [specs.get(n) or TensorSpec(n, (f"{n}_count",), np.int64) for n in names]
-        outputs_ = [_spec(o) for o in graph.graph.output]
+        outputs_ = [spec_of(o) for o in graph.graph.output]
         logits = next((o for o in outputs_ if o.name == "logits"), None)
         all_logits = logits is None or len(logits.shape) < 2 or logits.shape[1] != 1
         return TorchSession(loaded, plan, inputs, outputs_, all_logits, threads, self.name, self.skipping)
@@ -180,14 +180,6 @@ class TorchBackend(Backend):
                 progress(f"loading {source} for PyTorch ({dtype})")
             _MODELS[key] = load_model(source, seed=seed, dtype=dtype)
         return _MODELS[key]
-
-
-def _spec(info) -> TensorSpec:
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    tensor = info.type.tensor_type
-    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-    return TensorSpec(info.name, shape, tensor_dtype_to_np_dtype(tensor.elem_type).type if tensor.elem_type else None)
 
 
 class TorchSkipBackend(TorchBackend):
