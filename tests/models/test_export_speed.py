@@ -1,5 +1,6 @@
-"""The export leaves out onnxscript's quadratic ``SlicesSplit`` rewrite
-(models/export.py, ``_without_quadratic_rewrites``); that must cost nothing but time.
+"""Two speed-ups of the export that must cost nothing but time (models/export.py):
+onnxscript's quadratic ``SlicesSplit`` rewrite is left out, and prefill and decode are
+traced in two processes side by side.
 
 The rule, applied by itself to every family's export at both opsets, finds nothing to
 rewrite: the graphs are what the exporter would have written with it. (Measured once,
@@ -27,3 +28,28 @@ def test_the_left_out_rewrite_has_nothing_to_rewrite(family, opset, exported):
     assert [r.name for r in rules] == list(SLOW_REWRITES)  # still onnxscript's rule, still left out
     model = ir.serde.deserialize_model(onnx.load(exported(family, opset) / "prefill.onnx"))
     assert pattern.RewriteRuleSet(rules).apply_to_model(model) == 0
+
+
+def test_prefill_and_decode_trace_side_by_side_to_the_same_graphs(exported, tmp_path, monkeypatch):
+    """The two-process export (two usable cores) writes what one process writes in turn."""
+    from vskip_compile.models import export
+
+    monkeypatch.setattr(export, "usable_cores", lambda: 1)
+    export.export_model("tiny:qwen2_vl", tmp_path / "serial", progress=None)
+    parallel = exported("qwen2_vl", 20)  # the suite's own export, traced in two processes here
+    for name in ("prefill.onnx", "decode.onnx"):
+        assert onnx.load(tmp_path / "serial" / name).graph == onnx.load(parallel / name).graph, name
+
+
+def test_a_failing_decode_trace_fails_the_export_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from vskip_compile.models import export
+
+    def broken(*args, **kwargs):
+        raise ValueError("no decode today")
+
+    monkeypatch.setattr(export, "usable_cores", lambda: 2)
+    monkeypatch.setattr(export, "DecodeStep", broken)
+    with pytest.raises(RuntimeError, match="tracing the decode graph failed: ValueError: no decode today"):
+        export.export_model("tiny:qwen2_vl", tmp_path / "out", progress=None)
+    assert list(tmp_path.iterdir()) == []  # no export directory, no staging left behind
+    assert "no decode today" in capsys.readouterr().err  # the child's traceback, for the report
