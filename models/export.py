@@ -76,10 +76,11 @@ def _without_quadratic_rewrites():
 
     The rule has two output nodes, and onnxscript matches such patterns by walking the
     whole graph for every candidate node: quadratic in depth. On a 36-layer tiny Qwen3-VL
-    it took half of the prefill export (69.5 s with it, 37.5 s without), and on vskip's
-    exports of every family it rewrites nothing (tests/models/test_export_speed.py checks
-    the graphs are node for node the same). Where onnxscript has no such rule the export
-    runs as it would anyway: only its speed depends on this.
+    it took half of the prefill export (69.5 s with it, 37.5 s without). On vskip's exports
+    of every family it rewrites nothing: the graphs serialized to the same bytes with and
+    without it (measured once, docs/benchmarks.md), and tests/models/test_export_speed.py
+    checks that the rule finds nothing to rewrite in them. Where onnxscript has no such
+    rule the export runs as it would anyway: only its speed depends on this.
     """
     try:
         import onnxscript.rewriter as rewriter

@@ -309,7 +309,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     sidecar = Sidecar(source=model, seed=seed, path="--model") if model is not None else read_sidecar(graph)
     reference = TORCH.load(graph, sidecar=sidecar, plan=plan_obj)  # in the graph's own type
     loaded, plan_obj = reference.loaded, reference.plan
-    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(reference.description.precision)
+    dtype = {short: name for name, short in SHORT.items()}.get(reference.description.precision)
     if dtype not in DTYPES:
         raise VskipError(f"{graph}: takes {reference.description.precision} inputs; vskip validates "
                          f"{', '.join(DTYPES)} graphs")
