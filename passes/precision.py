@@ -43,7 +43,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vskip_compile.core.dtypes import numpy_dtype
 from vskip_compile.core.errors import VskipError
 from vskip_compile.core.islands import value_types
 
@@ -272,30 +271,37 @@ def _retype_attribute_tensor(node, name: str, target: int) -> int:
                 return _convert_inline(attribute.t, target)
             return 0
     # ConstantOfShape without a value makes fp32 zeros: say the zero's new type
-    zero = numpy_helper.from_array(np.zeros(1, numpy_dtype(_dtype_name(target))), "value")
+    zero = numpy_helper.from_array(np.zeros(1, _numpy_type(target)), "value")
     node.attribute.append(helper.make_attribute(name, zero))
     return 0
 
 
 def _convert_inline(tensor: onnx.TensorProto, target: int) -> int:
-    """Convert a tensor stored in the graph; returns 1 if a value had to be clamped."""
+    """Convert a tensor stored in the graph; returns 1 if a value had to be clamped.
+    Unlike weights (:func:`convert_array`), infinities stay infinite here: a constant's
+    -inf is a mask's meaning, not a value out of range."""
     values = numpy_helper.to_array(tensor).astype(np.float64)
-    limit = FP16_MAX if target == TensorProto.FLOAT16 else float(np.finfo(np.float32).max)
+    limit = _finite_limit(target)
     clamped = bool(np.any(np.abs(values[np.isfinite(values)]) > limit))
     values = np.where(np.isfinite(values), np.clip(values, -limit, limit), values)
-    converted = numpy_helper.from_array(values.astype(numpy_dtype(_dtype_name(target))), tensor.name)
+    converted = numpy_helper.from_array(values.astype(_numpy_type(target)), tensor.name)
     tensor.CopyFrom(converted)
     return int(clamped)
 
 
 def convert_array(values: np.ndarray, target: int) -> np.ndarray:
-    """fp32 weights in ``target``'s type, clamped to its finite range (as :func:`_convert_inline`)."""
-    limit = FP16_MAX if target == TensorProto.FLOAT16 else float(np.finfo(np.float32).max)
-    return np.clip(values, -limit, limit).astype(numpy_dtype(_dtype_name(target)))
+    """fp32 weights in ``target``'s type, clamped to its finite range."""
+    limit = _finite_limit(target)
+    return np.clip(values, -limit, limit).astype(_numpy_type(target))
 
 
-def _dtype_name(elem_type: int) -> str:
-    return {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16", TensorProto.FLOAT: "float32"}[elem_type]
+def _finite_limit(target: int) -> float:
+    """The largest finite magnitude a value converted to ``target`` may keep (bf16 has fp32's range)."""
+    return FP16_MAX if target == TensorProto.FLOAT16 else float(np.finfo(np.float32).max)
+
+
+def _numpy_type(elem_type: int) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
 def _name(elem_type: int) -> str:

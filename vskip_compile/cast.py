@@ -94,22 +94,17 @@ def cast_model(model_path: str | Path, dtype: str, output: str | Path, force: bo
 def _sample_feeds(model, model_path: Path, outputs: Outputs) -> dict:
     """validate's prompts for the model the graph's vskip.json names, as the graph's feeds."""
     from .core.sidecar import read_sidecar, sidecar_path
-    from .core.visual_rows import ROW_INPUTS, row_feeds, visual_rows_from_ids
-    from .models.inputs import prepare_decoder_inputs, synthetic_prompt
+    from .core.visual_rows import ROW_INPUTS, row_feeds
     from .models.loading import load_model
-    from .validate import DEFAULT_LAYOUT, HALF_BATCH
+    from .validate import HALF_BATCH, sample_feeds
 
     sidecar = read_sidecar(model_path)
     if sidecar is None or not sidecar.source:
         raise VskipError(f"{model_path}: --range-check needs the vskip.json beside the graph naming its model; "
                          "give feeds with --range-inputs FEEDS.npz instead")
     outputs.add_input(sidecar_path(model_path))
-    loaded = load_model(sidecar.source, seed=sidecar.seed or 0)
-    prompt = synthetic_prompt(loaded.family, loaded.config, DEFAULT_LAYOUT, batch=HALF_BATCH,
-                              seed=(sidecar.seed or 0) + 1)
-    feeds = {k: v.numpy() for k, v in prepare_decoder_inputs(loaded.family, loaded.model, prompt).feeds.items()}
+    feeds, visual = sample_feeds(load_model(sidecar.source, seed=sidecar.seed or 0), sidecar.seed or 0, HALF_BATCH)
     rows = [i.name for i in model.graph.input if i.name in ROW_INPUTS]
     if rows:
-        visual = visual_rows_from_ids(prompt.input_ids.numpy(), loaded.family.image_token_id(loaded.config))
         feeds.update(row_feeds(visual, rows))
     return feeds

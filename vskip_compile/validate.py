@@ -285,7 +285,6 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     from .core.dtypes import DTYPES
     from .core.files import read_npz
     from .core.sidecar import Sidecar, read_sidecar
-    from .models.inputs import prepare_decoder_inputs, synthetic_prompt
 
     graph, engine = Path(graph), None
     if graph.suffix != ".onnx":  # an engine: the reference comes from the graph it was built from
@@ -320,10 +319,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     session = runner.load(graph, sidecar=sidecar, **({"engine": engine} if engine else {}))
     if inputs is None:
         batch = 1 if dtype == "float32" else HALF_BATCH
-        prompt = synthetic_prompt(family, loaded.config, DEFAULT_LAYOUT, batch=batch, seed=(sidecar.seed or 0) + 1)
-        prepared = prepare_decoder_inputs(family, loaded.model, prompt)
-        feeds = {k: to_numpy(v) for k, v in prepared.feeds.items()}
-        visual = visual_rows_from_ids(prompt.input_ids.numpy(), family.image_token_id(loaded.config))
+        feeds, visual = sample_feeds(loaded, sidecar.seed or 0, batch)
     else:
         feeds = read_npz(inputs)
         visual = parse_ranges(visual_rows, sequence_length(feeds))
@@ -349,6 +345,16 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     report.reference_drift = compare_outputs(same, fp32, gates)
     report.reference_nonfinite = first_nonfinite_layer(same)
     return report
+
+
+def sample_feeds(loaded, seed: int, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """validate's own prompts for ``loaded`` (a LoadedModel): ``batch`` rows of
+    :data:`DEFAULT_LAYOUT`, as decoder feeds in the model's type, and their visual rows."""
+    from .models.inputs import prepare_decoder_inputs, synthetic_prompt
+
+    prompt = synthetic_prompt(loaded.family, loaded.config, DEFAULT_LAYOUT, batch=batch, seed=seed + 1)
+    feeds = {k: to_numpy(v) for k, v in prepare_decoder_inputs(loaded.family, loaded.model, prompt).feeds.items()}
+    return feeds, visual_rows_from_ids(prompt.input_ids.numpy(), loaded.family.image_token_id(loaded.config))
 
 
 def _range_islands(graph: Path) -> int:
