@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -26,6 +27,9 @@ from vskip_compile.core.islands import restore_norm_casts, softmax_islands
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
 from .loading import LoadedModel, load_model, timed
+from vskip_compile.core.embedding import EMBEDDING_FILE, table_chunks, write_table
+
+from .vision import CONFIG_FILE, VISION_GRAPH, config_dict, export_vision, vision_entry
 from .wrappers import (DecodeStep, PrefillDecoder, decode_input_names, output_names,
                        prefill_input_names)
 
@@ -39,8 +43,8 @@ _TRACE_BATCH, _TRACE_PAST, _TRACE_QUERY = 2, 5, 3
 
 
 def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = True,
-             dtype: str = "float32") -> Sidecar:
-    """The sidecar: what a compiler or validator needs to know about the export."""
+             dtype: str = "float32", vision: bool = False) -> Sidecar:
+    """The sidecar: what a compiler, a validator or the runtime needs to know about the export."""
     tc = loaded.text_config
     family = loaded.family
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
@@ -54,7 +58,77 @@ def describe(loaded: LoadedModel, opset: int, all_logits: bool, decode: bool = T
         prefill=GraphEntry("prefill.onnx", tuple(prefill_input_names(family)), tuple(output_names(layers))),
         decode=GraphEntry("decode.onnx", tuple(decode_input_names(layers)), tuple(output_names(layers)))
         if decode else None,
+        vision=vision_entry(family, loaded.config) if vision else None,
+        embedding=EMBEDDING_FILE if vision else None, config=CONFIG_FILE if vision else None,
+        eos_token_ids=_eos_ids(loaded), pad_token_id=getattr(tc, "pad_token_id", None),
+        special_token_ids=tuple(sorted(family.special_token_ids(loaded.config))) or None,
+        processor=processor_files(loaded.source) or None if vision else None,
     )
+
+
+def _eos_ids(loaded: LoadedModel) -> tuple[int, ...] | None:
+    """Where generation stops: the generation config's EOS ids, else the text config's."""
+    generation = getattr(loaded.model, "generation_config", None)
+    value = getattr(generation, "eos_token_id", None)
+    if value is None:
+        value = getattr(loaded.text_config, "eos_token_id", None)
+    ids = [value] if isinstance(value, int) else list(value or [])
+    return tuple(i for i in ids if isinstance(i, int)) or None
+
+
+# A checkpoint's processor files that an export copies (what transformers' processors,
+# tokenizers and chat templates read); nothing else of the checkpoint is copied.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+                   "chat_template.jinja", "chat_template.json", "generation_config.json")
+# What the tiny presets' offline processor writes (models/processors.py).
+TINY_PROCESSOR_FILES = ("chat_template.jinja", "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+MAX_PROCESSOR_FILE_BYTES = 64 * 2**20
+
+
+def processor_files(source: str) -> tuple[str, ...]:
+    """The processor files an export of ``source`` will hold."""
+    if source.startswith("tiny:"):
+        return TINY_PROCESSOR_FILES
+    path = Path(source)
+    return tuple(n for n in PROCESSOR_FILES if path.is_dir() and (path / n).is_file() and not (path / n).is_symlink())
+
+
+def _write_processor(loaded: LoadedModel, staging: Path, names: tuple[str, ...]) -> None:
+    """The tiny preset's offline processor, or the checkpoint's processor files copied."""
+    from vskip_compile.core.files import read_bytes
+
+    if loaded.source.startswith("tiny:"):
+        from .processors import save_tiny_processor
+
+        written = sorted(p.name for p in save_tiny_processor(loaded.family.model_type, loaded.config, staging))
+        if written != sorted(names):
+            raise VskipError(f"the tiny processor wrote {', '.join(written)}, not the files vskip expects")
+        return
+    for name in names:
+        (staging / name).write_bytes(read_bytes(Path(loaded.source) / name, "processor file", MAX_PROCESSOR_FILE_BYTES))
+
+
+def has_vision(family, config) -> bool:
+    """Whether vskip can export ``family``'s vision encoder yet."""
+    try:
+        family.vision_inputs(config)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _write_embedding(loaded: LoadedModel, path: Path, dtype: str) -> None:
+    """The text model's input embeddings of every token id, block by block."""
+    module = loaded.text_model.get_input_embeddings()
+    rows = loaded.text_config.vocab_size
+
+    def block(start: int, stop: int):
+        with torch.no_grad():
+            out = module(torch.arange(start, stop).unsqueeze(0))[0]
+        return out.float().numpy()  # exact: the table is written back in the model's own type
+
+    write_table(path, rows, loaded.text_config.hidden_size, dtype, table_chunks(block, rows))
 
 
 def _trace_prompt(loaded: LoadedModel) -> Prompt:
@@ -149,10 +223,12 @@ def _drop_default_reductions(model: onnx.ModelProto) -> int:
 
 def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: bool = False,
                  force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = print,
-                 decode: bool = True, dtype: str = "float32") -> Sidecar:
+                 decode: bool = True, dtype: str = "float32", vision: bool = True) -> Sidecar:
     """Export SOURCE's decoder to OUT_DIR; returns its sidecar.
 
-    ``decode=False`` writes only the prefill graph (all that compiling needs). ``dtype``
+    ``decode=False`` writes only the prefill graph (all that compiling needs).
+    ``vision`` (where vskip has the family's vision graph) adds what the runtime needs:
+    ``vision.onnx``, the embedding table and the model's ``config.json``. ``dtype``
     (float32, float16, bfloat16) is the type the model is loaded and traced in, so the
     graph holds the model's own fp32 upcasts (norm statistics, rotary tables) and the
     PyTorch model in that type is its reference.
@@ -163,13 +239,14 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
         raise VskipError(f"--dtype {str(dtype)[:40]} is not supported: choose {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
     outputs = Outputs(_checkpoint_files(source), force=force)
-    names = _check_export_directory(out_dir, outputs, decode)
+    names = _check_export_directory(out_dir, outputs, decode, vision, processor_files(source) if vision else ())
 
     with timed(progress, f"load {source}"):
         loaded = load_model(source, seed=seed, dtype=dtype)
     layers = loaded.text_config.num_hidden_layers
     external = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) > EXTERNAL_DATA_BYTES
-    sidecar = describe(loaded, opset, all_logits, decode, dtype)
+    vision = vision and has_vision(loaded.family, loaded.config)
+    sidecar = describe(loaded, opset, all_logits, decode, dtype, vision)
 
     with outputs:
         staging = outputs.staging_directory(out_dir)
@@ -203,6 +280,15 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
                     trace_prefill()
                 with timed(progress, "trace decode"):
                     trace_decode()
+            if vision:
+                with timed(progress, "trace vision"):
+                    export_vision(loaded.family, loaded.model, staging / VISION_GRAPH, opset, external, _export_one)
+        if vision:
+            with timed(progress, "write the embedding table"):
+                _write_embedding(loaded, staging / EMBEDDING_FILE, dtype)
+            (staging / CONFIG_FILE).write_text(json.dumps(config_dict(loaded.model), indent=2) + "\n")
+            if sidecar.processor:
+                _write_processor(loaded, staging, sidecar.processor)
         (staging / SIDECAR).write_text(sidecar.to_json())
         unexpected = sorted(p.name for p in staging.iterdir() if p.name not in names)
         if unexpected:
@@ -267,19 +353,21 @@ def _in_parallel(first: Callable[[], None], second: Callable[[], None]) -> None:
         raise RuntimeError(f"tracing the decode graph failed: {message}")
 
 
-def export_files(decode: bool) -> list[str]:
+def export_files(decode: bool, vision: bool = False, processor: tuple[str, ...] = ()) -> list[str]:
     """The files an export writes (weights beside each graph once they pass EXTERNAL_DATA_BYTES)."""
-    graphs = ["prefill.onnx"] + (["decode.onnx"] if decode else [])
-    return [*graphs, *(f"{g}.data" for g in graphs), SIDECAR]
+    graphs = ["prefill.onnx"] + (["decode.onnx"] if decode else []) + ([VISION_GRAPH] if vision else [])
+    runtime = [EMBEDDING_FILE, CONFIG_FILE, *processor] if vision else []
+    return [*graphs, *(f"{g}.data" for g in graphs), SIDECAR, *runtime]
 
 
-def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool) -> set[str]:
+def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool, vision: bool,
+                            processor: tuple[str, ...]) -> set[str]:
     """Refuse, before the slow load, an OUT_DIR the export could not or must not write."""
     if out_dir.is_symlink() and out_dir.exists():
         raise VskipError(f"{out_dir}: is a symbolic link; name a real directory for the export")
     exists = output_directory(out_dir, "the export")
     check_directory(out_dir.parent if str(out_dir.parent) else Path("."))  # the staging directory goes there
-    names = export_files(decode)
+    names = export_files(decode, vision, processor)
     if exists:
         for name in names:  # each file is claimed: never an input, never replaced without --force
             if os.path.lexists(out_dir / name):
@@ -304,7 +392,7 @@ def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
     dtype = next(loaded.model.parameters()).dtype
     past = [torch.randn(_TRACE_BATCH, tc.num_key_value_heads, _TRACE_PAST, head_dim, generator=generator)
             .to(dtype) for _ in range(2 * layers)]
-    ids = torch.randint(0, min(tc.vocab_size, 256), (_TRACE_BATCH, _TRACE_QUERY), generator=generator)
+    embeds = torch.randn(_TRACE_BATCH, _TRACE_QUERY, tc.hidden_size, generator=generator).to(dtype)
     mask = torch.ones(_TRACE_BATCH, _TRACE_PAST + _TRACE_QUERY, dtype=torch.long)
     step = torch.arange(_TRACE_QUERY).expand(_TRACE_BATCH, -1)
     prior = torch.arange(_TRACE_PAST).expand(_TRACE_BATCH, -1)
@@ -312,7 +400,7 @@ def _decode_sample(loaded: LoadedModel, inputs) -> tuple[tuple, dict]:
         prior = prior.unsqueeze(0).expand(family.position_rank, -1, -1)
     positions = family.decode_position_ids(prior, step)
     auto = torch.export.Dim.AUTO
-    shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
+    shapes = {"inputs_embeds": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
               "position_ids": {0: auto, 1: auto} if family.position_rank == 1 else {1: auto, 2: auto},
               "past": tuple({0: auto, 2: auto} for _ in past)}
-    return (ids, mask, positions, *past), shapes
+    return (embeds, mask, positions, *past), shapes

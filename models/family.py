@@ -28,6 +28,20 @@ class ExtraInput:
     dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class VisionInput:
+    """One input of a family's vision graph.
+
+    ``dynamic`` maps an axis to a dimension name shared by the graph's inputs ("images",
+    "patches", ...). ``dtype`` is "float" (the export's floating type) or a numpy integer
+    or bool type name ("int64", "bool").
+    """
+
+    name: str
+    dynamic: dict[int, str]
+    dtype: str = "float"
+
+
 @dataclass
 class ImagePrompt:
     """What one image contributes: its prompt tokens and its pixel tensors."""
@@ -123,6 +137,31 @@ class Family:
         unpatched model against the exported graph, so they check the equivalence.
         """
         return contextlib.nullcontext()
+
+    # --- vision graph -----------------------------------------------------------------
+    #: the vision graph's outputs. ``image_features`` [T, text_hidden]: the rows the full
+    #: model writes over its image tokens, all images of a batch concatenated in order
+    #: (row-major over batch and sequence, as ``masked_scatter`` fills them). A family with
+    #: more (Qwen3-VL's ``deepstack_features`` [K, T, text_hidden]) overrides this.
+    vision_outputs: tuple[str, ...] = ("image_features",)
+
+    def vision_inputs(self, config) -> tuple[VisionInput, ...]:
+        """The vision graph's inputs, in order. Whatever depends on the image grid and would
+        need data-dependent shapes to trace (rotary tables, window indices, attention
+        masks) is an input, made on the host by ``vskip_compile.host.vision_feeds``."""
+        raise NotImplementedError(f"{self.model_type}: no vision graph yet")
+
+    def vision_encoder(self, model) -> torch.nn.Module:
+        """The vision tower plus projector as a module: ``forward(*inputs)`` in
+        :meth:`vision_inputs` order returns the :attr:`vision_outputs`, in order."""
+        raise NotImplementedError(f"{self.model_type}: no vision graph yet")
+
+    def vision_sample(self, config, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Pixels to trace the vision graph on, as the model takes them (transformers'
+        argument names: ``pixel_values``, ``image_grid_thw``, ...): two images of
+        different sizes where the family allows it, so every dynamic axis stays dynamic.
+        The host's ``vision_feeds`` turns them into the graph's inputs."""
+        raise NotImplementedError(f"{self.model_type}: no vision graph yet")
 
     # --- decoder inputs -------------------------------------------------------------
     def capture_extras(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -69,3 +69,58 @@ def skip_reference(family: Family, model: torch.nn.Module, plan: Plan, visual_ro
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def plan_on_prefill(family: Family, model: torch.nn.Module, plan: Plan, visual_rows: torch.Tensor,
+                    live_rows_only: bool = False):
+    """Within the block, the first call of the text model (the prefill of a ``generate``)
+    follows ``plan`` through :func:`skip_reference` (or, with ``live_rows_only``, through
+    :func:`.skipping.skip_rows`, which computes only the live rows: PyTorch's speed on the
+    plan); the calls after it (decode steps) are the normal model, as the skip semantics
+    say (DESIGN.md section 2)."""
+    from contextlib import ExitStack
+
+    from .skipping import skip_rows
+
+    apply = skip_rows if live_rows_only else skip_reference
+
+    text_model = family.text_model(model)
+    stack = ExitStack()
+    calls = {"n": 0}
+
+    def before(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            stack.enter_context(apply(family, model, plan, visual_rows))
+
+    def after(module, args, kwargs, output):
+        if calls["n"] == 1:
+            stack.close()
+
+    handles = [text_model.register_forward_pre_hook(before, with_kwargs=True),
+               text_model.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        stack.close()
+        for handle in handles:
+            handle.remove()
+        if calls["n"] == 0:
+            raise RuntimeError("the model's text model was never called inside plan_on_prefill")
+
+
+@torch.no_grad()
+def reference_generate(family: Family, model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                       plan: Plan | None = None, visual_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' own greedy ``generate`` on the full model: the new tokens [B, n].
+
+    With ``plan``, the prefill follows it (``visual_rows`` [B, S]); decode steps do not.
+    """
+    run = dict(inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    if plan is None or plan.is_empty:
+        out = model.generate(**run)
+    else:
+        with plan_on_prefill(family, model, plan, visual_rows):
+            out = model.generate(**run)
+    return out[:, inputs["input_ids"].shape[1]:]

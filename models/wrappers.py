@@ -28,7 +28,7 @@ def cache_names(prefix: str, num_layers: int) -> list[str]:
 
 
 def decode_input_names(num_layers: int) -> list[str]:
-    return ["input_ids", "attention_mask", "position_ids"] + cache_names("past_key_values", num_layers)
+    return ["inputs_embeds", "attention_mask", "position_ids"] + cache_names("past_key_values", num_layers)
 
 
 def output_names(num_layers: int) -> list[str]:
@@ -56,19 +56,30 @@ class PrefillDecoder(torch.nn.Module):
 
 
 class DecodeStep(torch.nn.Module):
-    """input_ids, attention_mask (past + new), position_ids, *past -> logits, present.*"""
+    """inputs_embeds, attention_mask (past + new), position_ids, *past -> logits, present.*
+
+    The new tokens come as their embeddings, like the prefill's: the runtime looks them up
+    in the embedding table beside the graphs, so no graph holds a vocab x hidden gather
+    (as TensorRT-Edge-LLM's decoder graphs are fed). :func:`embed_tokens` gives them.
+    """
 
     def __init__(self, family: Family, model: torch.nn.Module):
         super().__init__()
         self.family = family
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
         text_model = self.family.text_model(self.model)
         cache = self.family.new_cache(text_model.config)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        embeds = text_model.get_input_embeddings()(input_ids)
-        out = text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+        out = text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=cache, use_cache=True)
         return (self.family.logits(self.model, out.last_hidden_state), *flatten_cache(out.past_key_values))
+
+
+def embed_tokens(family: Family, model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The decode step's ``inputs_embeds`` for ``input_ids``: the text model's own input
+    embeddings (Gemma3's scale included), what the embedding table holds."""
+    with torch.no_grad():
+        return family.text_model(model).get_input_embeddings()(input_ids)

@@ -31,7 +31,9 @@ def export_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(export_root):
     """exported(family, opset, decode, dtype) -> directory with prefill.onnx, vskip.json and,
-    when ``decode`` (default: fp32 opset 20 only, to keep the suite short), decode.onnx."""
+    when ``decode`` (default: fp32 opset 20 only, to keep the suite short), decode.onnx and
+    what the runtime needs (vision.onnx where the family has one, the embedding table,
+    config.json)."""
     from vskip_compile.models.export import export_model
 
     def get(family: str, opset: int = 20, decode: bool | None = None, dtype: str = "float32"):
@@ -44,7 +46,8 @@ def exported(export_root):
         directory = export_root / f"{family}-{opset}{typed}{'' if decode else '-prefill'}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(f"tiny:{family}", directory, opset=opset, progress=None, decode=decode, dtype=dtype)
+            export_model(f"tiny:{family}", directory, opset=opset, progress=None, decode=decode, dtype=dtype,
+                         vision=decode)
         _exports[key] = directory
         return directory
 

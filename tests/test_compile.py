@@ -23,7 +23,7 @@ from vskip_compile.core.graph_io import row_input_names
 from vskip_compile.core.errors import VskipError
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.reference import skip_reference
-from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
+from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, embed_tokens, prefill_input_names
 from vskip_compile.core.plan import Action, FreezeScope, Plan
 from vskip_compile.backends import open_session
 from vskip_compile.core.visual_rows import row_feeds, visual_rows_from_ids
@@ -228,11 +228,13 @@ def test_compiled_prefill_then_untouched_decode_matches_reference_generation(ops
     for i in range(4):
         mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
         positions = loaded.family.decode_position_ids(inputs.feeds["position_ids"], torch.full((1, 1), i))
-        feeds = {"input_ids": np.array([[ort_token]]), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+        embeds = embed_tokens(loaded.family, loaded.model, torch.tensor([[ort_token]])).numpy()
+        feeds = {"inputs_embeds": embeds, "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
         feeds.update({f"past_key_values.{n[len('present.'):]}": c for n, c in zip(names, ort_cache)})
         out_step = decode.run(feeds)
         with torch.no_grad():
-            ref_step = step(torch.tensor([[ref_token]]), mask, positions, *ref_cache)
+            ref_step = step(embed_tokens(loaded.family, loaded.model, torch.tensor([[ref_token]])), mask, positions,
+                            *ref_cache)
         assert_close(out_step["logits"], ref_step[0], what=f"decode step {i}")
         ort_cache, ref_cache = [out_step[n] for n in names], list(ref_step[1:])
         ort_token, ref_token = int(out_step["logits"][0, -1].argmax()), int(ref_step[0][0, -1].argmax())

@@ -6,3 +6,12 @@ only onnx and onnx-graphsurgeon (``vskip_compile.passes``).
 """
 
 __version__ = "0.1.0"
+
+
+def generate(export_dir, inputs, **options):
+    """Generate from the model's ``inputs`` (numpy arrays under transformers' names) on an
+    export's graphs; see :func:`vskip_compile.runtime.generate.generate`. Returns a
+    :class:`~vskip_compile.runtime.generate.Generation` (token ids, timings)."""
+    from .runtime.generate import generate as run
+
+    return run(export_dir, inputs, **options)

@@ -188,7 +188,10 @@ class Export(Command):
                             help="20: decomposed attention (default); 23: Attention + RMSNormalization ops")
         parser.add_argument("--all-logits", action="store_true",
                             help="output logits for every position (default: last position only)")
-        parser.add_argument("--prefill-only", action="store_true", help="skip decode.onnx (compiling needs only prefill)")
+        parser.add_argument("--prefill-only", action="store_true",
+                            help="only prefill.onnx and the sidecar (compiling needs only prefill)")
+        parser.add_argument("--no-vision", action="store_true",
+                            help="no vision.onnx, embedding table or config.json (what `vskip generate` needs)")
         parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                             help="the type the model is loaded and exported in (default float32); the graph "
                                  "keeps the model's own fp32 upcasts")
@@ -200,7 +203,7 @@ class Export(Command):
 
         export_model(args.source, args.output, opset=args.opset, all_logits=args.all_logits,
                      force=args.force, seed=args.seed, progress=_progress, decode=not args.prefill_only,
-                     dtype=args.dtype)
+                     dtype=args.dtype, vision=not (args.prefill_only or args.no_vision))
         return 0
 
 
@@ -494,8 +497,16 @@ class Bench(Command):
     median and spread and per plan the speedup, the paired (same-round) speedup, the ideal
     speedup from FLOPs and the share of it realized.
 
+    With --e2e, whole generations instead: MODEL is an export's prefill.onnx, --inputs the
+    model's inputs (as for `vskip generate`), and each config generates --max-new-tokens
+    tokens (EOS ignored) on the export's vision, prefill and decode graphs, or with
+    transformers' generate on --backend torch. Prints each stage's median (vision,
+    prefill, first token, decode tokens/s, total) and per plan the first-token speedup
+    against its ideal (vision unchanged, prefill cut by the plan's FLOPs).
+
     Example:
       vskip bench out/q2/prefill.onnx --plan vskip_compile/plans/example_tiny.json --rows 64 --visual-rows 8:40 --backend ort-cpu --backend torch
+      vskip bench out/q2/prefill.onnx --e2e --inputs out/inputs.npz --plan vskip_compile/plans/example_tiny.json --max-new-tokens 16
     """
 
     name = "bench"
@@ -523,6 +534,10 @@ class Bench(Command):
         add_json(parser, "the full result")
         parser.add_argument("--markdown", metavar="PATH", help="write a section for docs/benchmarks.md ('-': stdout)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+        parser.add_argument("--e2e", action="store_true", help="time whole generations, stage by stage")
+        parser.add_argument("--inputs", metavar="MODEL_INPUTS.npz", help="with --e2e: the model's inputs")
+        parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                            help="with --e2e: tokens each generation makes (default 32)")
         add_force(parser, "the --json / --markdown files and, in --workdir, compiled graphs")
 
     def run(self, args):
@@ -532,6 +547,10 @@ class Bench(Command):
         files = {"json": args.json, "markdown": args.markdown}
         if args.json == "-" and args.markdown == "-":
             raise VskipError("--json - and --markdown - would both print to stdout; write one of them to a file")
+        if args.e2e:
+            return self._e2e(args)
+        if args.inputs is not None:
+            raise VskipError("--inputs goes with --e2e (a prefill benchmark makes random inputs of --rows rows)")
         visual = mask(args.rows, args.visual_rows, MAX_ROWS)
         result = run_bench(args.model, args.plan, visual=visual, backends=args.backend or DEFAULT_BACKENDS,
                            threads=args.threads, warmup=args.warmup, rounds=args.rounds, workdir=args.workdir,
@@ -546,6 +565,26 @@ class Bench(Command):
         for path in files.values():
             if path not in (None, "-"):
                 _progress(f"wrote {path}")
+        return 0
+
+    def _e2e(self, args):
+        from .bench.e2e import format_e2e, run_e2e
+
+        given = [flag for flag, value in (("--rows", args.rows), ("--visual-rows", args.visual_rows),
+                                          ("--compiled", args.compiled), ("--sidecar", args.sidecar),
+                                          ("--causal-blocks", args.causal_blocks), ("--markdown", args.markdown))
+                 if value]
+        if given:
+            raise VskipError(f"{', '.join(given)} do(es) not apply with --e2e (the prompt comes from --inputs)")
+        if args.inputs is None:
+            raise VskipError("--e2e needs --inputs MODEL_INPUTS.npz (the model's inputs, as for vskip generate)")
+        report = Report(args.json, [args.model, args.inputs, *args.plan], args.force)
+        result = run_e2e(args.model, args.plan, args.inputs, backends=args.backend or ("ort-cpu", "torch"),
+                         max_new_tokens=args.max_new_tokens, warmup=args.warmup, rounds=args.rounds,
+                         threads=args.threads, workdir=args.workdir, force=args.force,
+                         progress=None if report.to_stdout else _progress)
+        report.table(format_e2e(result))
+        report.emit(result)
         return 0
 
 
@@ -599,6 +638,57 @@ class Run(Command):
             outputs.commit()
         _progress(f"wrote {len(result)} outputs to {args.output} ({session.description})")
         return 0
+
+
+class Generate(Command):
+    """Generate text from a prompt and images, on an export's graphs (vision, prefill, decode).
+
+    The inputs are either a prompt with images, through the processor the export holds
+    (--prompt, --image), or the full model's inputs as another tool made them (--inputs
+    MODEL_INPUTS.npz, under transformers' names: input_ids, attention_mask, pixel_values,
+    image_grid_thw, ...). --plan compiles the export's prefill with a plan for this run;
+    --compiled takes one compiled earlier. Greedy unless --temperature > 0. Tokens stream
+    to the terminal for a single prompt; --profile prints the time of each stage.
+
+    The visual rows are exactly the image-token rows, or with --span everything from the
+    first to the last image token (OpSkip's convention for Qwen2.5-VL). A batch shares one
+    set of visual rows under a plan: its prompts must have their images at the same rows.
+
+    Example:
+      vskip generate out/q2 --inputs out/inputs.npz --plan vskip_compile/plans/example_tiny.json --json out/gen.json
+    """
+
+    name = "generate"
+
+    def add_arguments(self, parser):
+        parser.add_argument("export", metavar="EXPORT_DIR", help="a directory `vskip export` wrote")
+        parser.add_argument("--inputs", metavar="MODEL_INPUTS.npz",
+                            help="the full model's inputs by transformers' argument names")
+        parser.add_argument("--prompt", action="append", metavar="TEXT",
+                            help="a prompt (repeat for a batch); needs the export's processor")
+        parser.add_argument("--image", action="append", default=[], metavar="IMG",
+                            help="an image file, in the order of the prompts' image markers; repeat for several")
+        plans = parser.add_mutually_exclusive_group()
+        plans.add_argument("--plan", metavar="PLAN.json", help="compile the prefill with this plan for the run")
+        plans.add_argument("--compiled", metavar="GRAPH.onnx", help="a prefill graph compiled from this export")
+        parser.add_argument("--span", action="store_true",
+                            help="visual rows span from the first to the last image token (default: exactly the "
+                                 "image tokens)")
+        parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="at most N new tokens "
+                            "per prompt (default 32)")
+        parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+        parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
+        parser.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
+        parser.add_argument("--profile", action="store_true", help="print the time of each stage")
+        add_backend(parser)
+        parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+        add_json(parser, "the tokens, text and timings")
+        add_force(parser, "the --json file")
+
+    def run(self, args):
+        from .runtime.cli import generate_command
+
+        return generate_command(args, _progress)
 
 
 class Lint(Command):
@@ -704,7 +794,8 @@ class Build(Command):
         return 0
 
 
-COMMANDS = [Demo(), Export(), Cast(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run(), Build(), Lint()]
+COMMANDS = [Demo(), Export(), Cast(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run(), Generate(), Build(),
+            Lint()]
 
 
 def _progress(message: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ..family import ExtraInput, Family, ImagePrompt, register
+from ..family import ExtraInput, Family, ImagePrompt, VisionInput, register
 from .tiny import TINY_TEXT
 
 # Tiny vision tower: a 32 x 32 image in 4 x 4 patches (8 x 8 grid), average-pooled by the
@@ -97,3 +97,34 @@ class Gemma3(Family):
 
     def attention_branch(self, layer, attention_output):
         return layer.post_attention_layernorm(attention_output)
+
+    # --- vision graph: SigLIP tower + pooling projector, fixed-size images ---------------
+    def vision_inputs(self, config):
+        # Pan-and-scan crops arrive as more images along axis 0, each at the tower's size.
+        return (VisionInput("pixel_values", {0: "images"}),)
+
+    def vision_encoder(self, model):
+        return _Gemma3Vision(model)
+
+    def vision_sample(self, config, generator):
+        vision = config.vision_config
+        return {"pixel_values": torch.randn(2, vision.num_channels, vision.image_size, vision.image_size,
+                                            generator=generator)}
+
+
+class _Gemma3Vision(torch.nn.Module):
+    """``pixel_values`` [N, C, H, W] -> ``image_features`` [N * mm_tokens_per_image, hidden].
+
+    The model's own ``get_image_features`` traces as it is (its shapes depend only on the
+    config); only the per-image token axis is folded into one row axis, the order
+    ``masked_scatter`` fills the image tokens in. The SigLIP pooling head, which the tower
+    computes and Gemma3 never reads, leaves no node in the graph.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.model
+
+    def forward(self, pixel_values):
+        features = self.model.get_image_features(pixel_values, return_dict=True).pooler_output
+        return features.reshape(-1, features.shape[-1])

@@ -2,16 +2,16 @@
 by an InternViT tower whose patch features are pixel-shuffled (downsampled) before the
 projector.
 
-The processor writes each image tile as ``<img>`` + ``image_seq_length`` context tokens +
-``</img>``; only the context tokens receive vision features, the wrappers are ordinary
-text embeddings. Positions are plain 1-D RoPE positions.
+The processor writes each image as ``<img>`` + ``image_seq_length`` context tokens per tile +
+``</img>`` (the tiny preset's images are one tile each); only the context tokens receive
+vision features, the wrappers are ordinary text embeddings. Positions are plain 1-D RoPE positions.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..family import Family, ImagePrompt, register
+from ..family import Family, ImagePrompt, VisionInput, register
 from .tiny import TINY_TEXT
 
 # The tiny preset's <img> / </img> ids. InternVLConfig does not carry them (they live in
@@ -72,3 +72,33 @@ class InternVL(Family):
 
     def special_token_ids(self, config) -> set[int]:
         return super().special_token_ids(config) | {_TINY_START_IMAGE_ID, _TINY_END_IMAGE_ID}
+
+    # --- vision graph: InternViT + pixel shuffle + projector, fixed-size tiles -------------
+    def vision_inputs(self, config):
+        # The processor's tiles (several per image with dynamic tiling) are images along axis 0.
+        return (VisionInput("pixel_values", {0: "images"}),)
+
+    def vision_encoder(self, model):
+        return _InternVLVision(model)
+
+    def vision_sample(self, config, generator):
+        vision = config.vision_config
+        height, width = vision.image_size
+        return {"pixel_values": torch.randn(2, vision.num_channels, height, width, generator=generator)}
+
+
+class _InternVLVision(torch.nn.Module):
+    """``pixel_values`` [N, C, H, W] -> ``image_features`` [N * image_seq_length, hidden].
+
+    The model's own ``get_image_features`` (feature layer and CLS strategy from the config,
+    pixel shuffle, projector) traces as it is: every shape in it follows from the fixed tile
+    size. Only the per-tile token axis is folded into the row axis ``masked_scatter`` fills.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.model
+
+    def forward(self, pixel_values):
+        features = self.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+        return features.reshape(-1, features.shape[-1])

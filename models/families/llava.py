@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..family import Family, ImagePrompt, register
+from ..family import Family, ImagePrompt, VisionInput, register
 from .tiny import TINY_TEXT
 
 
@@ -60,3 +60,37 @@ class Llava(Family):
         vision = config.vision_config
         pixels = torch.randn(1, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
         return ImagePrompt([self.image_token_id(config)] * llava_image_tokens(config), {"pixel_values": pixels})
+
+    def vision_inputs(self, config):
+        return (VisionInput("pixel_values", {0: "images"}),)
+
+    def vision_encoder(self, model):
+        return _LlavaVision(model)
+
+    def vision_sample(self, config, generator):
+        vision = config.vision_config
+        return {"pixel_values": torch.randn(2, vision.num_channels, vision.image_size, vision.image_size,
+                                            generator=generator)}
+
+
+class _LlavaVision(torch.nn.Module):
+    """``pixel_values`` [N, C, H, W] -> ``image_features`` [N * tokens, hidden].
+
+    What ``get_image_features`` computes, written without its ``list(features)`` (which
+    fixes the number of images while tracing): the configured feature layer(s) of the
+    vision tower, the CLS token dropped under the "default" strategy, the projector.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.model
+
+    def forward(self, pixel_values):
+        config = self.model.config
+        hidden = self.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        layers = config.vision_feature_layer
+        chosen = [hidden[i] for i in ([layers] if isinstance(layers, int) else layers)]
+        if config.vision_feature_select_strategy == "default":
+            chosen = [h[:, 1:] for h in chosen]
+        features = self.model.multi_modal_projector(torch.cat(chosen, dim=-1))
+        return features.reshape(-1, features.shape[-1])

@@ -14,6 +14,12 @@ k_norm, which are row-wise and change nothing for the row split. The text model 
 3 x B x S positions (4 x B x S would prepend text positions for packed sequences, which
 the full model never passes here), and rotates with interleaved M-RoPE whose
 ``mrope_section`` must sum to head_dim / 2.
+
+Its vision graph takes, besides the Qwen2-VL inputs, the resampling of the learned
+position grid made on the host (``interp_indices`` / ``interp_weights``, four bilinear
+taps per patch), and returns the DeepStack features stacked as ``deepstack_features``
+[num_deepstack_layers, image_tokens, text_hidden], what the full model hands its text
+model as ``deepstack_visual_embeds``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import types
 
 import torch
 
-from ..family import ExtraInput, register
+from vskip_compile.core.errors import VskipError
+
+from ..family import ExtraInput, VisionInput, register
 from .tiny import TINY_TEXT
-from .qwen2_vl import QwenVLBase
+from .qwen2_vl import QWEN_VISION_INPUTS, TOKENS, QwenVisionBase, QwenVLBase, segment_mask, vision_block
 
 
 @register
@@ -35,6 +43,7 @@ class Qwen3VL(QwenVLBase):
         ExtraInput("visual_pos_masks", {0: "batch", 1: "seq"}, torch.bool),
         ExtraInput("deepstack_visual_embeds", {1: "visual"}, torch.float32),
     )
+    vision_outputs = ("image_features", "deepstack_features")
 
     def model_class(self):
         from transformers import Qwen3VLForConditionalGeneration
@@ -70,6 +79,20 @@ class Qwen3VL(QwenVLBase):
         finally:
             del text_model._deepstack_process
 
+    def vision_inputs(self, config):
+        return QWEN_VISION_INPUTS + (
+            VisionInput("interp_indices", TOKENS, "int64"),
+            VisionInput("interp_weights", TOKENS),
+        )
+
+    def vision_encoder(self, model):
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+
+        if not model.model.visual.deepstack_visual_indexes:
+            raise VskipError("qwen3_vl: the vision config lists no deepstack_visual_indexes, so there are no "
+                             "DeepStack features to export")
+        return Qwen3VLVision(model, apply_rotary_pos_emb_vision)
+
     def capture_extras(self, kwargs):
         masks, embeds = kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds")
         if masks is None or embeds is None:
@@ -97,3 +120,26 @@ def _dense_deepstack(self, hidden_states, visual_pos_masks, visual_embeds):
                        visual_embeds.to(hidden_states.dtype)], dim=0)
     index = (torch.cumsum(mask.float(), dim=0) * mask.float()).long()
     return hidden_states + table[index].reshape(hidden_states.shape)
+
+
+class Qwen3VLVision(QwenVisionBase):
+    """Qwen3-VL's tower: patch embeddings plus the resampled learned positions, blocks under
+    full (per-frame) attention, DeepStack mergers after their blocks, the final merger."""
+
+    def forward(self, pixel_values, vision_position_ids, attention_segments, interp_indices, interp_weights):
+        visual = self.visual
+        hidden, position_embeddings = self.embed(pixel_values, vision_position_ids)
+        taps = interp_indices.shape[-1]
+        # The model weighs the table's rows with fp32 weights whatever its dtype; upcasting
+        # here keeps that product in fp32 in a half-precision graph too.
+        weights = interp_weights.reshape(-1, taps).float()
+        positions = (visual.pos_embed(interp_indices.reshape(-1, taps)) * weights[:, :, None]).sum(1)
+        hidden = hidden + positions.to(hidden.dtype)
+        allowed = segment_mask(attention_segments, self.unit)
+        deepstack = []
+        for number, block in enumerate(visual.blocks):
+            hidden = vision_block(block, hidden, position_embeddings, allowed, self.rotate)
+            if number in visual.deepstack_visual_indexes:
+                merger = visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(number)]
+                deepstack.append(merger(hidden))
+        return visual.merger(hidden), torch.stack(deepstack, dim=0)

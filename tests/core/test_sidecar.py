@@ -70,3 +70,24 @@ def test_dtype_is_read_and_defaults_to_float32():
     assert parse_sidecar(GOOD, "x").float_type == "float32"  # sidecars before typed exports
     typed = parse_sidecar({**GOOD, "dtype": "bfloat16"}, "x")
     assert typed.float_type == "bfloat16" and json.loads(typed.to_json())["dtype"] == "bfloat16"
+
+
+def test_runtime_fields_are_checked(tmp_path):
+    from vskip_compile.core.sidecar import parse_sidecar
+
+    good = {"embedding": "embedding.safetensors", "config": "config.json", "eos_token_ids": [2],
+            "special_token_ids": [300, 301], "processor": ["tokenizer.json"],
+            "vision": {"file": "vision.onnx", "inputs": ["pixel_values"], "outputs": ["image_features"]}}
+    sidecar = parse_sidecar(good, "s")
+    assert sidecar.eos_token_ids == (2,) and sidecar.processor == ("tokenizer.json",)
+    assert parse_sidecar(json.loads(sidecar.to_json()), "s") == sidecar
+    for field, value, message in [
+        ("embedding", "../outside.safetensors", "must be a file name beside the sidecar"),
+        ("config", "/etc/passwd", "must be a file name beside the sidecar"),
+        ("processor", ["ok.json", "sub/dir.json"], "'processor' entry must be a file name"),
+        ("eos_token_ids", [2, -1], "'eos_token_ids' must be a list of token ids"),
+        ("special_token_ids", "300", "'special_token_ids' must be a list of token ids"),
+        ("vision", {"file": "../v.onnx", "inputs": [], "outputs": []}, "'vision' file must be a file name"),
+    ]:
+        with pytest.raises(VskipError, match=message):
+            parse_sidecar({**good, field: value}, "s")

@@ -8,7 +8,7 @@ import torch
 from helpers import assert_cache_close, assert_close, feeds_numpy
 from conftest import FAMILIES, tiny_model
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
-from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
+from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, embed_tokens, prefill_input_names
 from vskip_compile.backends import open_session
 
 # (layout, batch, left padding per row): two sequence lengths, and batch 2 left-padded.
@@ -75,12 +75,13 @@ def test_decode_step_matches_pytorch(family, opset, exported):
     for query, past_len in [(1, 9), (4, 6)]:
         past = _random_past(loaded, 2, past_len, seed=query)
         ids = torch.randint(0, 200, (2, query), generator=torch.Generator().manual_seed(query))
+        embeds = embed_tokens(loaded.family, loaded.model, ids)
         mask = torch.ones(2, past_len + query, dtype=torch.long)
         prior = torch.arange(past_len).expand(2, -1)
         if loaded.family.position_rank > 1:
             prior = prior.unsqueeze(0).expand(loaded.family.position_rank, -1, -1)
         positions = loaded.family.decode_position_ids(prior, torch.arange(query).expand(2, -1))
-        args = (ids, mask, positions, *past)
+        args = (embeds, mask, positions, *past)
         got = session.run(feeds_numpy(dict(zip(names, args))))
         with torch.no_grad():
             want = step_module(*args)
@@ -104,7 +105,8 @@ def test_prefill_then_decode_equals_longer_prefill(family, opset, exported):
     for step in range(k):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
         positions = loaded.family.decode_position_ids(head.feeds["position_ids"], torch.full((2, 1), step))
-        feeds = {"input_ids": full.input_ids[:, n + step:n + step + 1], "attention_mask": mask,
+        feeds = {"inputs_embeds": embed_tokens(loaded.family, loaded.model, full.input_ids[:, n + step:n + step + 1]),
+                 "attention_mask": mask,
                  "position_ids": positions}
         feeds.update({f"past_key_values.{name[len('present.'):]}": value for name, value in zip(cache_names, past)})
         out = decode.run(feeds_numpy(feeds))

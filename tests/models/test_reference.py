@@ -20,7 +20,7 @@ from conftest import FAMILIES, tiny_model
 from helpers import assert_close
 from vskip_compile.models.inputs import prepare_decoder_inputs, synthetic_prompt
 from vskip_compile.models.reference import skip_reference
-from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, prefill_input_names
+from vskip_compile.models.wrappers import DecodeStep, PrefillDecoder, embed_tokens, prefill_input_names
 from vskip_compile.core.plan import Action, FreezeScope, Plan
 
 REFERENCE_ATOL = 1e-5
@@ -159,7 +159,7 @@ def test_decode_after_skipping_prefill_uses_the_normal_layer():
     with skip_reference(loaded.family, loaded.model, plan, inputs.visual_rows):
         cache = _prefill(loaded, inputs.feeds)[1:]
         step = DecodeStep(loaded.family, loaded.model)
-        ids = torch.tensor([[5], [6]])
+        ids = embed_tokens(loaded.family, loaded.model, torch.tensor([[5], [6]]))
         mask = torch.cat([prompt.attention_mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
         positions = loaded.family.decode_position_ids(inputs.feeds["position_ids"], torch.zeros(2, 1, dtype=torch.long))
         with pytest.raises(RuntimeError, match="outside the skip_reference block"):

@@ -75,6 +75,17 @@ class Session(ABC):
         """Check ``feeds`` against the inputs, then run; outputs by name."""
         return self.infer(check_feeds(self.inputs, feeds))
 
+    def run_kept(self, feeds: dict, keep: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
+        """Run, giving the outputs named in ``keep`` back as values this backend takes as
+        feeds again without a copy (a decode loop's KV cache), the others as numpy.
+
+        ``feeds`` may hold such kept values, from this session or another of the same
+        backend. This default keeps numpy arrays; a backend with device-side values
+        (ONNX Runtime's OrtValue) overrides it.
+        """
+        outputs = self.run(feeds)
+        return ({k: v for k, v in outputs.items() if k not in keep}, {k: outputs[k] for k in keep})
+
 
 class Backend(ABC):
     """A way to run graphs; stateless until :meth:`load`."""

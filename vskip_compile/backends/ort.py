@@ -19,7 +19,7 @@ from ..core.dtypes import numpy_dtype
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads, one_line
 from ..core.sidecar import Sidecar
-from .base import Backend, Description, Session, TensorSpec, precision_of
+from .base import Backend, Description, Session, TensorSpec, check_feeds, precision_of
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
@@ -45,6 +45,36 @@ class OrtSession(Session):
         except Exception as exc:  # ORT raises its own exception types for run-time failures
             raise VskipError(f"ONNX Runtime failed to run the graph: {one_line(exc)}") from None
         return dict(zip(names, values))
+
+
+    def run_kept(self, feeds, keep):
+        """With I/O binding: kept outputs stay OrtValues that ONNX Runtime allocated, and
+        OrtValues among the feeds are bound as they are, so a decode step's cache goes from
+        one run to the next without passing through numpy."""
+        import onnxruntime as ort
+
+        names = [spec.name for spec in self.inputs]
+        missing = [n for n in names if n not in feeds]
+        extra = [n for n in feeds if n not in names]
+        if missing or extra:
+            check_feeds(self.inputs, feeds)  # the one wording for wrong names
+        binding = self.session.io_binding()
+        for name in names:
+            value = feeds[name]
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        device = "cuda" if self.description.device.startswith("GPU") else "cpu"
+        outputs = [spec.name for spec in self.outputs]
+        for name in outputs:
+            binding.bind_output(name, device if name in keep else "cpu")
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise VskipError(f"ONNX Runtime failed to run the graph: {one_line(exc)}") from None
+        values = dict(zip(outputs, binding.get_outputs()))
+        return ({n: v.numpy() for n, v in values.items() if n not in keep}, {n: values[n] for n in keep})
 
 
 def _spec(arg) -> TensorSpec:

@@ -59,6 +59,13 @@ class Sidecar:
     dtype: str | None = None             # one of DTYPES; None reads as float32
     prefill: GraphEntry | None = None
     decode: GraphEntry | None = None
+    vision: GraphEntry | None = None     # the vision encoder (image pixels -> image-token rows)
+    embedding: str | None = None         # the token embedding table's file (safetensors)
+    config: str | None = None            # the model's config.json, for the host functions
+    eos_token_ids: tuple[int, ...] | None = None  # generation stops at any of these
+    special_token_ids: tuple[int, ...] | None = None  # image, video, vision start/end, ... ids
+    pad_token_id: int | None = None
+    processor: tuple[str, ...] | None = None  # the processor's files (tokenizer, image processor, template)
     path: str = "the sidecar"            # where it was read from, for messages (not written)
 
     def require(self, names, hint: str = "re-export with `vskip export`") -> "Sidecar":
@@ -131,7 +138,7 @@ def parse_sidecar(data, source: str) -> Sidecar:
             if type(data[key]) is not int or not 0 < data[key] <= MAX_DIM:
                 fail(f"'{key}' must be a positive integer, got {str(data[key])[:40]}")
             values[key] = data[key]
-    for key in ("seed", "image_token_id"):
+    for key in ("seed", "image_token_id", "pad_token_id"):
         if data.get(key) is not None:
             if type(data[key]) is not int or abs(data[key]) > 2**63:
                 fail(f"'{key}' must be an integer")
@@ -145,15 +152,38 @@ def parse_sidecar(data, source: str) -> Sidecar:
         fail(f"'logits' must be \"last\" or \"all\", got {values['logits'][:40]!r}")
     if values.get("dtype") not in (None, *DTYPES):
         fail(f"'dtype' must be one of {', '.join(DTYPES)}, got {values['dtype'][:40]!r}")
-    for key in ("prefill", "decode"):
+    for key in ("prefill", "decode", "vision"):
         if data.get(key) is not None:
             values[key] = _graph_entry(data[key], f"'{key}'", fail)
+    for key in ("embedding", "config"):
+        if data.get(key) is not None:
+            values[key] = _file_name(data[key], f"'{key}'", fail)
+    for key in ("eos_token_ids", "special_token_ids"):
+        if data.get(key) is not None:
+            ids = data[key]
+            if not (isinstance(ids, list) and len(ids) <= 64 and all(type(i) is int and 0 <= i < 2**31 for i in ids)):
+                fail(f"'{key}' must be a list of token ids")
+            values[key] = tuple(ids)
+    if data.get("processor") is not None:
+        names = data["processor"]
+        if not isinstance(names, list) or len(names) > 64:
+            fail("'processor' must be a list of file names")
+        values["processor"] = tuple(_file_name(n, "'processor' entry", fail) for n in names)
     return Sidecar(**values)
+
+
+def _file_name(value, where: str, fail) -> str:
+    """A file beside the sidecar: a plain name, never a path that could lead elsewhere."""
+    if not isinstance(value, str) or not value or len(value) > 255 or "/" in value or "\\" in value \
+            or value in (".", "..") or "\x00" in value:
+        fail(f"{where} must be a file name beside the sidecar, got {str(value)[:40]!r}")
+    return value
 
 
 def _graph_entry(value, where: str, fail) -> GraphEntry:
     if not isinstance(value, dict) or set(value) != {"file", "inputs", "outputs"}:
         fail(f"{where} must be an object with file, inputs and outputs")
+    _file_name(value["file"], f"{where} file", fail)
     names = (value["inputs"], value["outputs"])
     if not isinstance(value["file"], str) or not all(
             isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names):

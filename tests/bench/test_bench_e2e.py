@@ -1,0 +1,66 @@
+"""`vskip bench --e2e`: whole generations per stage, on the export's graphs and in PyTorch.
+
+Only the report's structure and its arithmetic are checked (no wall-clock thresholds):
+every config is present with every stage, the first-token speedup is the ratio of the
+medians, and its ideal follows the stated formula from the vanilla config's stages.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from vskip_compile.cli import main
+from vskip_compile.models.inputs import synthetic_prompt
+
+PLAN = "vskip_compile/plans/example_tiny.json"
+
+
+@pytest.fixture(scope="module")
+def inputs_file(tmp_path_factory):
+    loaded = tiny_model("qwen2_vl")
+    prompt = synthetic_prompt(loaded.family, loaded.config, [3, "image", 2], batch=1, seed=2)
+    path = tmp_path_factory.mktemp("e2e") / "inputs.npz"
+    np.savez(path, input_ids=prompt.input_ids.numpy(), attention_mask=prompt.attention_mask.numpy(),
+             **{k: v.numpy() for k, v in prompt.pixels.items()})
+    return path
+
+
+def test_e2e_report(exported, inputs_file, tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    model = exported("qwen2_vl") / "prefill.onnx"
+    assert main(["bench", str(model), "--e2e", "--inputs", str(inputs_file), "--plan", PLAN, "--max-new-tokens", "4",
+                 "--warmup", "0", "--rounds", "2", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    names = [row["config"] for row in result["configs"]]
+    assert names == ["ort-cpu:vanilla", "ort-cpu:example_tiny", "torch:vanilla", "torch:example_tiny"]
+    for row in result["configs"]:
+        assert row["first_token_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["total_s"] >= row["first_token_s"]
+    rows = {row["config"]: row for row in result["configs"]}
+    for speedup in result["speedups"]:
+        backend = speedup["config"].split(":")[0]
+        vanilla, planned = rows[f"{backend}:vanilla"], rows[speedup["config"]]
+        assert speedup["first_token_speedup"] == pytest.approx(vanilla["first_token_s"] / planned["first_token_s"])
+        stages = vanilla["vision_s"] + vanilla["prefill_s"]
+        assert speedup["ideal_first_token_speedup"] == pytest.approx(
+            stages / (vanilla["vision_s"] + vanilla["prefill_s"] / speedup["ideal_prefill_speedup"]))
+        assert speedup["ideal_prefill_speedup"] > 1
+    assert "first token" in table and "of it" in table
+    assert not [p for p in model.parent.iterdir() if p.name.startswith(".")], "the hidden compiled graphs are removed"
+
+
+def test_e2e_refusals(exported, inputs_file, capsys):
+    model = str(exported("qwen2_vl") / "prefill.onnx")
+    for argv, expect in [
+        (["--e2e"], "--e2e needs --inputs"),
+        (["--e2e", "--inputs", str(inputs_file), "--rows", "64"], "--rows do(es) not apply with --e2e"),
+        (["--inputs", str(inputs_file)], "--inputs goes with --e2e"),
+        (["--e2e", "--inputs", str(inputs_file), "--backend", "torch-skip"], "--e2e runs on"),
+    ]:
+        assert main(["bench", model, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, err

@@ -1,0 +1,160 @@
+"""`vskip generate` on the command line: both input paths, the JSON report, streaming,
+and every refusal in one line with exit 2.
+
+The prompt path goes through a checkpoint directory that ``save_pretrained`` wrote with
+its processor files, exported like any checkpoint, so the real processor loading is
+covered; its tokens are held to transformers' ``generate`` on the same processor output.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_model
+from vskip_compile import generate
+from vskip_compile.cli import main
+from vskip_compile.models.inputs import synthetic_prompt
+from vskip_compile.models.reference import reference_generate
+
+FAMILY = "qwen2_vl"
+MARKER = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def _one_line_error(capsys, argv, expect):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err, err
+
+
+@pytest.fixture(scope="module")
+def inputs_file(tmp_path_factory):
+    loaded = tiny_model(FAMILY)
+    prompt = synthetic_prompt(loaded.family, loaded.config, [3, "image", 2], batch=1, seed=11)
+    path = tmp_path_factory.mktemp("gen") / "inputs.npz"
+    arrays = {"input_ids": prompt.input_ids, "attention_mask": prompt.attention_mask, **prompt.pixels,
+              **prompt.model_kwargs}
+    np.savez(path, **{k: v.numpy() for k, v in arrays.items()})
+    return path, arrays
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, shape in enumerate([(40, 56, 3), (30, 30, 3)]):
+        paths.append(directory / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_inputs_file_to_json(exported, inputs_file, tmp_path, capsys):
+    path, arrays = inputs_file
+    out = tmp_path / "gen.json"
+    assert main(["generate", str(exported(FAMILY)), "--inputs", str(path), "--max-new-tokens", "6",
+                 "--json", str(out), "--profile"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    loaded = tiny_model(FAMILY)
+    expected = reference_generate(loaded.family, loaded.model, arrays, 6).tolist()
+    assert report["token_ids"] == expected
+    assert printed.startswith(report["text"][0] + "\n"), "a single prompt's text streams to stdout"
+    assert "first token" in printed and "tokens/s" in printed
+    assert report["timings"]["decode_steps"] == 5 and report["visual_rows"] == ["4:12"]
+    assert len(report["text"]) == 1, "the tiny export holds its offline processor, so text comes back too"
+    api = generate(exported(FAMILY), {k: v.numpy() for k, v in arrays.items()}, max_new_tokens=6)
+    assert api.token_ids == expected
+
+
+def test_prompt_through_a_saved_checkpoint(tmp_path, images, capsys):
+    from vskip_compile.models.export import export_model
+    from vskip_compile.models.processors import save_tiny_processor, tiny_processor
+
+    loaded = tiny_model(FAMILY)
+    checkpoint = tmp_path / "checkpoint"
+    loaded.model.save_pretrained(checkpoint)
+    save_tiny_processor(FAMILY, loaded.config, checkpoint)
+    export_model(str(checkpoint), tmp_path / "export", progress=None)
+    prompts = [f"w5 w6 {MARKER} w7 {MARKER} w8", f"w9 {MARKER} w10 w11 {MARKER} w12 w13 w14"]
+    out = tmp_path / "gen.json"
+    argv = ["generate", str(tmp_path / "export"), "--max-new-tokens", "8", "--json", str(out)]
+    for prompt in prompts:
+        argv += ["--prompt", prompt]
+    for image in [*images, *images]:
+        argv += ["--image", str(image)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+
+    processor = tiny_processor(FAMILY, loaded.config)
+    processor.tokenizer.padding_side = "left"
+    pictures = [Image.open(p).convert("RGB") for p in [*images, *images]]
+    batch = dict(processor(text=prompts, images=pictures, return_tensors="pt", padding=True))
+    expected = reference_generate(loaded.family, loaded.model, batch, 8).tolist()
+    assert report["token_ids"] == expected
+    assert report["text"] == [processor.tokenizer.decode(t, skip_special_tokens=True) for t in expected]
+    assert "[0]" in capsys.readouterr().out, "a batch prints one line per prompt"
+
+
+def test_refusals_are_one_line(exported, inputs_file, images, tmp_path, capsys):
+    export = str(exported(FAMILY))
+    path, _ = inputs_file
+    _one_line_error(capsys, ["generate", export], "either as --prompt TEXT")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--prompt", "w1"], "either as --prompt TEXT")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--image", str(images[0])],
+                    "--image goes with --prompt")
+    _one_line_error(capsys, ["generate", str(tmp_path / "nowhere"), "--inputs", str(path)], "not an export directory")
+    _one_line_error(capsys, ["generate", export, "--prompt", f"w1 {MARKER}", "--image", str(tmp_path / "no.png")],
+                    "no such file")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    _one_line_error(capsys, ["generate", export, "--prompt", f"w1 {MARKER}", "--image", str(broken)],
+                    "not a readable image")
+    _one_line_error(capsys, ["generate", export, "--prompt", f"w1 {MARKER}", "--image", str(images[0]),
+                             "--image", str(images[1])], "1 image marker(s)")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--max-new-tokens", "0"], "at least 1")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--temperature", "-1"], "--temperature")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--plan",
+                             "vskip_compile/plans/opskip_qwen3vl8b_preset20.json"], "plan was made for")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--backend", "torch"], "prefill graphs only")
+
+
+def test_a_graph_of_another_model_is_refused(exported, inputs_file, capsys):
+    path, _ = inputs_file
+    export = str(exported(FAMILY))
+    # Same input names and widths, another model: told apart by the sidecar beside it.
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--compiled",
+                             str(exported("llava") / "prefill.onnx")], "compiled from tiny:llava (seed 0)")
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--compiled",
+                             str(exported("gemma3") / "prefill.onnx")], "not a prefill graph of the export")
+
+
+def test_exports_without_a_vision_graph_or_a_decode_graph_are_refused(exported, inputs_file, tmp_path, capsys):
+    """An export made with --no-vision (its sidecar names no vision graph) is refused for
+    a prompt with images; one without a decode graph for any prompt."""
+    import shutil
+
+    path, _ = inputs_file
+    source = exported(FAMILY)
+    sidecar = json.loads((source / "vskip.json").read_text())
+    for name, drop, expect in [("no-vision", "vision", "the export has no vision graph"),
+                               ("no-decode", "decode", "the sidecar lacks decode")]:
+        directory = tmp_path / name
+        directory.mkdir()
+        for file in ("prefill.onnx", "decode.onnx", "embedding.safetensors", "config.json"):
+            shutil.copy(source / file, directory / file)
+        (directory / "vskip.json").write_text(json.dumps({k: v for k, v in sidecar.items()
+                                                          if k not in (drop, "processor")}))
+        _one_line_error(capsys, ["generate", str(directory), "--inputs", str(path)], expect)
+
+
+def test_sampling_is_seeded(exported, inputs_file):
+    _, arrays = inputs_file
+    feeds = {k: v.numpy() for k, v in arrays.items()}
+    runs = [generate(exported(FAMILY), feeds, max_new_tokens=8, temperature=1.5, top_p=0.9, seed=s).token_ids
+            for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]

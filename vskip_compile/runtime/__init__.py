@@ -1,0 +1,1 @@
+"""The runtime: image and prompt to text on the exported graphs (`vskip generate`)."""
