@@ -268,21 +268,28 @@ def export_model(source: str, out_dir: str | Path, opset: int = 20, all_logits: 
             _export_one(DecodeStep(loaded.family, loaded.model), decode_args, staging / "decode.onnx",
                         list(sidecar.decode.inputs), list(sidecar.decode.outputs), decode_shapes, opset, external)
 
+        def trace_vision():
+            export_vision(loaded.family, loaded.model, staging / VISION_GRAPH, opset, external, _export_one)
+
+        def trace_rest():  # the decode graph, then the vision graph: about the prefill's time
+            trace_decode()
+            if vision:
+                trace_vision()
+
         with torch.no_grad(), loaded.family.export_patches(loaded.model):
-            if not decode:
-                with timed(progress, "trace prefill"):
-                    trace_prefill()
-            elif usable_cores() >= 2:
-                with timed(progress, "trace prefill and decode (two processes)"):
-                    _in_parallel(trace_prefill, trace_decode)
+            if decode and usable_cores() >= 2:
+                rest = " and vision" if vision else ""
+                with timed(progress, f"trace prefill, and decode{rest} (two processes)"):
+                    _in_parallel(trace_prefill, trace_rest)
             else:
                 with timed(progress, "trace prefill"):
                     trace_prefill()
-                with timed(progress, "trace decode"):
-                    trace_decode()
-            if vision:
-                with timed(progress, "trace vision"):
-                    export_vision(loaded.family, loaded.model, staging / VISION_GRAPH, opset, external, _export_one)
+                if decode:
+                    with timed(progress, "trace decode"):
+                        trace_decode()
+                if vision:
+                    with timed(progress, "trace vision"):
+                        trace_vision()
         if vision:
             with timed(progress, "write the embedding table"):
                 _write_embedding(loaded, staging / EMBEDDING_FILE, dtype)

@@ -20,7 +20,7 @@ import torch
 from vskip_compile.core.dtypes import numpy_dtype
 from vskip_compile.core.sidecar import GraphEntry
 
-from .family import Family
+from .family import Family, VisionInput
 from .inputs import Prompt, prepare_decoder_inputs
 
 VISION_GRAPH = "vision.onnx"
@@ -75,6 +75,21 @@ def export_vision(family: Family, model, path: Path, opset: int, external: bool,
     export_one(_Positional(family.vision_encoder(model)), args, path, list(entry.inputs), list(entry.outputs),
                (tuple(shapes.values()),), opset, external)
     return entry
+
+
+class FixedSizeImages:
+    """Vision-graph inputs of a tower that takes fixed-size images, ``pixel_values``
+    [images, C, H, W] (LLaVA's CLIP, Gemma3's SigLIP, InternVL's tiles): crops and tiles a
+    processor makes are more images along axis 0. Mixed into those families' classes."""
+
+    def vision_inputs(self, config):
+        return (VisionInput("pixel_values", {0: "images"}),)
+
+    def vision_sample(self, config, generator):
+        vision = config.vision_config
+        size = vision.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return {"pixel_values": torch.randn(2, vision.num_channels, height, width, generator=generator)}
 
 
 class _Positional(torch.nn.Module):

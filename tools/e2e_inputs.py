@@ -4,7 +4,7 @@
 
 The prompt is ``--text-before`` text tokens, ``<|vision_start|>``, the image's tokens
 (t * h * w / merge^2 of them: 1024 for a 1 x 64 x 64 patch grid), ``<|vision_end|>`` and
-``--text-after`` text tokens: the benchmark layout of docs/benchmarks.md (16 + 1024 + 48
+``--text-after`` text tokens (ids below 1000 and below every special id): the benchmark layout of docs/benchmarks.md (16 + 1024 + 48
 rows with the defaults, and the two markers). Token ids and pixels are seeded random
 values; the arrays are what a Qwen-VL processor returns (``input_ids``,
 ``attention_mask``, ``pixel_values`` [patches, C * T * P * P], ``image_grid_thw``).
@@ -38,7 +38,11 @@ def main(argv=None) -> int:
     channels = vision.get("in_channels", vision.get("in_chans", 3))
     patch_dim = channels * vision["temporal_patch_size"] * vision["patch_size"] ** 2
     rng = np.random.default_rng(args.seed)
-    text = lambda n: rng.integers(0, 1000, n).tolist()  # noqa: E731 - ordinary ids, far below the special ones
+    vocab = (config.get("text_config") or config).get("vocab_size", 1000)
+    special = [config[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+               if isinstance(config.get(k), int)]
+    upper = min(1000, vocab, *special)  # ordinary text ids, below every special one
+    text = lambda n: rng.integers(0, upper, n).tolist()  # noqa: E731
     ids = (text(args.text_before) + [config["vision_start_token_id"]]
            + [config["image_token_id"]] * (t * h * w // merge ** 2) + [config["vision_end_token_id"]]
            + text(args.text_after))

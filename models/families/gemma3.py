@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ..family import ExtraInput, Family, ImagePrompt, VisionInput, register
+from ..family import ExtraInput, Family, ImagePrompt, register
+from ..vision import FixedSizeImages
 from .tiny import TINY_TEXT
 
 # Tiny vision tower: a 32 x 32 image in 4 x 4 patches (8 x 8 grid), average-pooled by the
@@ -34,7 +35,7 @@ _MASKS = {"full_attention_mask": "full_attention", "sliding_attention_mask": "sl
 
 
 @register
-class Gemma3(Family):
+class Gemma3(FixedSizeImages, Family):
     model_type = "gemma3"
     extra_inputs = tuple(ExtraInput(name, {0: "batch", 2: "seq", 3: "seq"}, torch.bool) for name in _MASKS)
 
@@ -99,17 +100,9 @@ class Gemma3(Family):
         return layer.post_attention_layernorm(attention_output)
 
     # --- vision graph: SigLIP tower + pooling projector, fixed-size images ---------------
-    def vision_inputs(self, config):
-        # Pan-and-scan crops arrive as more images along axis 0, each at the tower's size.
-        return (VisionInput("pixel_values", {0: "images"}),)
-
+    # Pan-and-scan crops arrive as more images along axis 0, each at the tower's size.
     def vision_encoder(self, model):
         return _Gemma3Vision(model)
-
-    def vision_sample(self, config, generator):
-        vision = config.vision_config
-        return {"pixel_values": torch.randn(2, vision.num_channels, vision.image_size, vision.image_size,
-                                            generator=generator)}
 
 
 class _Gemma3Vision(torch.nn.Module):

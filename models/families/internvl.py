@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..family import Family, ImagePrompt, VisionInput, register
+from ..family import Family, ImagePrompt, register
+from ..vision import FixedSizeImages
 from .tiny import TINY_TEXT
 
 # The tiny preset's <img> / </img> ids. InternVLConfig does not carry them (they live in
@@ -33,7 +34,7 @@ def internvl_image_tokens(config) -> int:
 
 
 @register
-class InternVL(Family):
+class InternVL(FixedSizeImages, Family):
     model_type = "internvl"
 
     def model_class(self):
@@ -74,17 +75,9 @@ class InternVL(Family):
         return super().special_token_ids(config) | {_TINY_START_IMAGE_ID, _TINY_END_IMAGE_ID}
 
     # --- vision graph: InternViT + pixel shuffle + projector, fixed-size tiles -------------
-    def vision_inputs(self, config):
-        # The processor's tiles (several per image with dynamic tiling) are images along axis 0.
-        return (VisionInput("pixel_values", {0: "images"}),)
-
+    # The processor's tiles (several per image with dynamic tiling) are images along axis 0.
     def vision_encoder(self, model):
         return _InternVLVision(model)
-
-    def vision_sample(self, config, generator):
-        vision = config.vision_config
-        height, width = vision.image_size
-        return {"pixel_values": torch.randn(2, vision.num_channels, height, width, generator=generator)}
 
 
 class _InternVLVision(torch.nn.Module):

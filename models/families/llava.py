@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..family import Family, ImagePrompt, VisionInput, register
+from ..family import Family, ImagePrompt, register
+from ..vision import FixedSizeImages
 from .tiny import TINY_TEXT
 
 
@@ -25,7 +26,7 @@ def llava_image_tokens(config) -> int:
 
 
 @register
-class Llava(Family):
+class Llava(FixedSizeImages, Family):
     model_type = "llava"
 
     def model_class(self):
@@ -61,16 +62,8 @@ class Llava(Family):
         pixels = torch.randn(1, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
         return ImagePrompt([self.image_token_id(config)] * llava_image_tokens(config), {"pixel_values": pixels})
 
-    def vision_inputs(self, config):
-        return (VisionInput("pixel_values", {0: "images"}),)
-
     def vision_encoder(self, model):
         return _LlavaVision(model)
-
-    def vision_sample(self, config, generator):
-        vision = config.vision_config
-        return {"pixel_values": torch.randn(2, vision.num_channels, vision.image_size, vision.image_size,
-                                            generator=generator)}
 
 
 class _LlavaVision(torch.nn.Module):

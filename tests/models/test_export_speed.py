@@ -31,13 +31,14 @@ def test_the_left_out_rewrite_has_nothing_to_rewrite(family, opset, exported):
 
 
 def test_prefill_and_decode_trace_side_by_side_to_the_same_graphs(exported, tmp_path, monkeypatch):
-    """The two-process export (two usable cores) writes what one process writes in turn."""
+    """The two-process export (two usable cores: decode and vision in the second) writes
+    what one process writes in turn."""
     from vskip_compile.models import export
 
     monkeypatch.setattr(export, "usable_cores", lambda: 1)
     export.export_model("tiny:qwen2_vl", tmp_path / "serial", progress=None)
     parallel = exported("qwen2_vl", 20)  # the suite's own export, traced in two processes here
-    for name in ("prefill.onnx", "decode.onnx"):
+    for name in ("prefill.onnx", "decode.onnx", "vision.onnx"):
         assert onnx.load(tmp_path / "serial" / name).graph == onnx.load(parallel / name).graph, name
 
 
@@ -50,6 +51,6 @@ def test_a_failing_decode_trace_fails_the_export_and_writes_nothing(tmp_path, mo
     monkeypatch.setattr(export, "usable_cores", lambda: 2)
     monkeypatch.setattr(export, "DecodeStep", broken)
     with pytest.raises(RuntimeError, match="tracing the decode graph failed: ValueError: no decode today"):
-        export.export_model("tiny:qwen2_vl", tmp_path / "out", progress=None)
+        export.export_model("tiny:qwen2_vl", tmp_path / "out", progress=None, vision=False)
     assert list(tmp_path.iterdir()) == []  # no export directory, no staging left behind
     assert "no decode today" in capsys.readouterr().err  # the child's traceback, for the report

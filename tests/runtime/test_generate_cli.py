@@ -158,3 +158,13 @@ def test_sampling_is_seeded(exported, inputs_file):
     runs = [generate(exported(FAMILY), feeds, max_new_tokens=8, temperature=1.5, top_p=0.9, seed=s).token_ids
             for s in (1, 1, 2)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_images_are_bounded_before_they_are_decoded(images, monkeypatch):
+    from vskip_compile.core.errors import VskipError
+    from vskip_compile.runtime import processor
+
+    assert processor.load_image(str(images[0])).size == (56, 40)
+    monkeypatch.setattr(processor, "MAX_IMAGE_PIXELS", 56 * 40 - 1)
+    with pytest.raises(VskipError, match="56 x 40 pixels is more than vskip reads"):
+        processor.load_image(str(images[0]))
