@@ -107,12 +107,10 @@ def workload_fields(visual: np.ndarray) -> dict:
             "text_rows": int(visual.size - visual.sum()), "visual_ranges": format_ranges(visual)}
 
 
-def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool = False) -> np.ndarray:
-    """Visual rows of a prompt: exactly the image-token rows, or with ``span`` every row from the
-    first to the last image token (OpSkip's choice for Qwen2.5-VL). Returns bool [S].
-
-    ``input_ids`` is [S] or [B, S]; every batch row must have the same visual rows.
-    """
+def visual_mask(input_ids: np.ndarray, image_token_id: int, span: bool = False) -> np.ndarray:
+    """Visual rows of each prompt, bool [B, S]: exactly the image-token rows, or with
+    ``span`` every row from the first to the last image token (OpSkip's choice for
+    Qwen2.5-VL). ``input_ids`` is [S] or [B, S]."""
     ids = np.atleast_2d(np.asarray(input_ids))
     rows = ids == image_token_id
     if span:
@@ -121,6 +119,17 @@ def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool 
             where = positions[rows[b]]
             if where.size:
                 rows[b, where.min():where.max() + 1] = True
+    return rows
+
+
+def visual_rows_from_ids(input_ids: np.ndarray, image_token_id: int, span: bool = False) -> np.ndarray:
+    """The visual rows (:func:`visual_mask`) a batch shares, bool [S]; every batch row must
+    have the same ones."""
+    return shared_rows(visual_mask(input_ids, image_token_id, span))
+
+
+def shared_rows(rows: np.ndarray) -> np.ndarray:
+    """The one visual-row mask [S] of a batch's masks [B, S], which must all be equal."""
     if (rows != rows[:1]).any():
         raise VskipError("the visual rows differ between batch rows; a compiled graph shares one row set "
                          "per batch: align the images (e.g. equal left padding) or run the rows separately")

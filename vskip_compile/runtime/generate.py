@@ -36,7 +36,7 @@ from ..core.dtypes import numpy_dtype
 from ..core.errors import VskipError
 from ..core.files import input_file, read_json
 from ..core.sidecar import SIDECAR, load_sidecar_file
-from ..core.visual_rows import row_feeds, visual_rows_from_ids
+from ..core.visual_rows import row_feeds, shared_rows, visual_mask
 from ..host import vision_feeds
 from ..host.decoder import decoder_extras
 from ..host.positions import decode_positions, mrope_positions, text_positions
@@ -188,14 +188,9 @@ class Runtime:
             positions = text_positions(mask)
         feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
         feeds.update(decoder_extras(sidecar.family, self.config, ids, mask, sidecar.image_token_id, vision_out))
-        visual = is_image.copy()
-        if span:
-            for b in range(visual.shape[0]):
-                where = np.flatnonzero(visual[b])
-                if where.size:
-                    visual[b, where.min():where.max() + 1] = True
+        visual = visual_mask(ids, sidecar.image_token_id, span)
         if self.row_names:
-            feeds.update(row_feeds(visual_rows_from_ids(np.where(visual, -1, 0), -1), self.row_names))
+            feeds.update(row_feeds(shared_rows(visual), self.row_names))
         specs = {s.name: s for s in self.prefill.inputs}
         feeds = {name: _typed(value, specs[name].dtype) for name, value in feeds.items()}
         timings.prefill = time.perf_counter() - start
@@ -305,13 +300,12 @@ def _choose(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
 def _plan_description(path: Path) -> str | None:
     from ..core.graph_io import load_graph, recorded_plan
 
+    from ..bench.report import action_counts
+
     plan = recorded_plan(load_graph(path, weights_needed=False), path)
     if plan is None:
         return None
-    from ..core.plan import Action
-
-    counts = {a: sum(1 for i in range(plan.num_layers) if plan.actions[i] is a) for a in Action}
-    return ", ".join(f"{n} {a.value}" for a, n in counts.items() if n) + f" of {plan.num_layers} layers"
+    return ", ".join(f"{n} {a}" for a, n in action_counts(plan).items()) + f" of {plan.num_layers} layers"
 
 
 @contextlib.contextmanager
