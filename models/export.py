@@ -91,7 +91,10 @@ def processor_files(source: str) -> tuple[str, ...]:
     if source.startswith("tiny:"):
         return TINY_PROCESSOR_FILES
     path = Path(source)
-    return tuple(n for n in PROCESSOR_FILES if path.is_dir() and (path / n).is_file() and not (path / n).is_symlink())
+    names = tuple(n for n in PROCESSOR_FILES if path.is_dir() and (path / n).is_file() and not (path / n).is_symlink())
+    # save_pretrained writes a generation config for every model: alone it is no processor
+    # (the sidecar has its EOS ids already), and listing it would make generate try to load one.
+    return () if set(names) <= {"generation_config.json"} else names
 
 
 def _write_processor(loaded: LoadedModel, staging: Path, names: tuple[str, ...]) -> None:

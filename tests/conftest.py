@@ -52,3 +52,34 @@ def exported(export_root):
         return directory
 
     return get
+
+
+@pytest.fixture(scope="session")
+def checkpoint_export(tmp_path_factory):
+    """checkpoint_export(processor) -> (checkpoint, export): the tiny Qwen2-VL written by
+    ``save_pretrained`` (with its offline processor's files beside it, or without any),
+    then exported whole by ``vskip export CHECKPOINT -o EXPORT``. Built once per kind.
+
+    The export without a processor is traced in one process, prefill, decode and vision in
+    turn (the others, where two cores are usable, in two): tests/models/test_export_speed.py
+    holds its graphs to the two-process export of the same weights."""
+    from vskip_compile.cli import main
+    from vskip_compile.models import export
+    from vskip_compile.models.processors import save_tiny_processor
+
+    def get(processor: bool):
+        if ("checkpoint", processor) not in _exports:
+            root = tmp_path_factory.mktemp("checkpoint-processor" if processor else "checkpoint-bare")
+            loaded = tiny_model("qwen2_vl")
+            loaded.model.save_pretrained(root / "checkpoint")
+            if processor:
+                save_tiny_processor("qwen2_vl", loaded.config, root / "checkpoint")
+            with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
+                warnings.simplefilter("ignore")
+                if not processor:
+                    patch.setattr(export, "usable_cores", lambda: 1)
+                assert main(["export", str(root / "checkpoint"), "-o", str(root / "export")]) == 0
+            _exports[("checkpoint", processor)] = (root / "checkpoint", root / "export")
+        return _exports[("checkpoint", processor)]
+
+    return get

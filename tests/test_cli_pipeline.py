@@ -18,19 +18,17 @@ PLAN = {"format": "vskip-plan", "version": 1, "model": {"family": "qwen2_vl", "n
         "layers": {"1": "skip_visual_attention", "2": "skip_visual_ffn", "3": "freeze"}}
 
 
-def test_export_from_a_checkpoint_directory(tmp_path):
+def test_export_from_a_checkpoint_directory(checkpoint_export):
     """The path real models take: save_pretrained -> vskip export DIR -> same numbers."""
     import torch
 
     loaded = tiny_model("qwen2_vl")
-    loaded.model.save_pretrained(tmp_path / "ckpt")
-    assert main(["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--prefill-only"]) == 0
-    sidecar = json.loads((tmp_path / "out" / "vskip.json").read_text())
-    assert sidecar["source"] == str(tmp_path / "ckpt") and sidecar["family"] == "qwen2_vl"
-    assert not (tmp_path / "out" / "decode.onnx").exists()
+    checkpoint, export = checkpoint_export(processor=True)
+    sidecar = json.loads((export / "vskip.json").read_text())
+    assert sidecar["source"] == str(checkpoint) and sidecar["family"] == "qwen2_vl"
     prompt = synthetic_prompt(loaded.family, loaded.config, [3, "image", 4], seed=2)
     inputs = prepare_decoder_inputs(loaded.family, loaded.model, prompt)
-    got = open_session(tmp_path / "out" / "prefill.onnx").run(feeds_numpy(inputs.feeds))
+    got = open_session(export / "prefill.onnx").run(feeds_numpy(inputs.feeds))
     with torch.no_grad():
         want = PrefillDecoder(loaded.family, loaded.model)(*(inputs.feeds[n] for n in prefill_input_names(loaded.family)))
     np.testing.assert_allclose(got["logits"], want[0].numpy(), atol=1e-4, rtol=0)

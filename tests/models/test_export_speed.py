@@ -30,16 +30,14 @@ def test_the_left_out_rewrite_has_nothing_to_rewrite(family, opset, exported):
     assert pattern.RewriteRuleSet(rules).apply_to_model(model) == 0
 
 
-def test_prefill_and_decode_trace_side_by_side_to_the_same_graphs(exported, tmp_path, monkeypatch):
+def test_prefill_and_decode_trace_side_by_side_to_the_same_graphs(exported, checkpoint_export):
     """The two-process export (two usable cores: decode and vision in the second) writes
-    what one process writes in turn."""
-    from vskip_compile.models import export
-
-    monkeypatch.setattr(export, "usable_cores", lambda: 1)
-    export.export_model("tiny:qwen2_vl", tmp_path / "serial", progress=None)
-    parallel = exported("qwen2_vl", 20)  # the suite's own export, traced in two processes here
+    what one process writes in turn: the suite's one-process export of the tiny Qwen2-VL's
+    saved checkpoint (conftest.checkpoint_export) against its two-process export of the preset."""
+    _, serial = checkpoint_export(processor=False)
+    parallel = exported("qwen2_vl", 20)
     for name in ("prefill.onnx", "decode.onnx", "vision.onnx"):
-        assert onnx.load(tmp_path / "serial" / name).graph == onnx.load(parallel / name).graph, name
+        assert onnx.load(serial / name).graph == onnx.load(parallel / name).graph, name
 
 
 def test_a_failing_decode_trace_fails_the_export_and_writes_nothing(tmp_path, monkeypatch, capsys):

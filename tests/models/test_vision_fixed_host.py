@@ -8,7 +8,7 @@ a restated bucketize: checked against the model's embeddings on every grid side 
 and through ONNX Runtime on a 19-patch grid, where coordinates fall on torch's rounded
 bucket boundaries, with partial and odd masks and a real SmolVLM image processor's frames
 (tiles, global frames, padding images). The tiny preset's unsplit layout is checked against
-that processor, Gemma3's graph in fp16, and every host refusal is one line.
+that processor, Gemma3's graph in fp16, LLaVA's in bf16, and every host refusal is one line.
 """
 
 from __future__ import annotations
@@ -223,6 +223,34 @@ def test_gemma3_vision_graph_in_float16(tmp_path):
     ulp = float(np.spacing(np.float16(np.abs(full).max())))
     assert_close(output, half, atol=max(2 * float(np.abs(half - full).max()), ulp), what="gemma3 fp16 graph")
     _check_static_structure(tmp_path / "vision.onnx", loaded.family, loaded.config)
+
+
+def test_llava_vision_graph_in_bfloat16(tmp_path):
+    """The bf16 graph on onnx's reference evaluator (every op in bf16, rounded as a strictly
+    typed engine stores it; ONNX Runtime CPU has no bf16 arithmetic) against the bf16
+    model's own image rows.
+
+    Both round after each op with different summation orders. Tolerance: twice the bf16
+    model's own error against fp32, and at least two bf16 ulps at the rows' magnitude.
+    """
+    from vskip_compile.backends.onnx_reference import ReferenceBackend
+
+    loaded = load_model("tiny:llava", dtype="bfloat16")
+    path = tmp_path / "vision.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_vision(loaded.family, loaded.model, path, 20, False, _export_one)
+    prompt = synthetic_prompt(loaded.family, loaded.config, [3, "image", 2, "image", 1], batch=2, seed=5)
+    half = decoder_image_rows(loaded.family, loaded.model, prompt)["image_features"].float().numpy()
+    full = decoder_image_rows(loaded.family, tiny_model("llava").model, prompt)["image_features"].numpy()
+    session = ReferenceBackend().load(path)
+    output = session.infer(host_feeds(loaded.family, loaded.model, prompt.pixels, dtype="bfloat16"))["image_features"]
+    assert output.dtype.name == "bfloat16"
+    output = output.astype(np.float32)
+    assert np.isfinite(output).all()
+    ulp = 2.0 ** (np.floor(np.log2(np.abs(full).max())) - 7)  # bf16 keeps 8 significant bits
+    assert_close(output, half, atol=max(2 * float(np.abs(half - full).max()), 2 * ulp), what="llava bf16 graph")
+    _check_static_structure(path, loaded.family, loaded.config)
 
 
 def test_smolvlm_graph_structure(grid):

@@ -71,18 +71,14 @@ def test_inputs_file_to_json(exported, inputs_file, tmp_path, capsys):
     assert api.token_ids == expected
 
 
-def test_prompt_through_a_saved_checkpoint(tmp_path, images, capsys):
-    from vskip_compile.models.export import export_model
-    from vskip_compile.models.processors import save_tiny_processor, tiny_processor
+def test_prompt_through_a_saved_checkpoint(checkpoint_export, tmp_path, images, capsys):
+    from vskip_compile.models.processors import tiny_processor
 
     loaded = tiny_model(FAMILY)
-    checkpoint = tmp_path / "checkpoint"
-    loaded.model.save_pretrained(checkpoint)
-    save_tiny_processor(FAMILY, loaded.config, checkpoint)
-    export_model(str(checkpoint), tmp_path / "export", progress=None)
+    _, export = checkpoint_export(processor=True)
     prompts = [f"w5 w6 {MARKER} w7 {MARKER} w8", f"w9 {MARKER} w10 w11 {MARKER} w12 w13 w14"]
     out = tmp_path / "gen.json"
-    argv = ["generate", str(tmp_path / "export"), "--max-new-tokens", "8", "--json", str(out)]
+    argv = ["generate", str(export), "--max-new-tokens", "8", "--json", str(out)]
     for prompt in prompts:
         argv += ["--prompt", prompt]
     for image in [*images, *images]:
@@ -98,6 +94,25 @@ def test_prompt_through_a_saved_checkpoint(tmp_path, images, capsys):
     assert report["token_ids"] == expected
     assert report["text"] == [processor.tokenizer.decode(t, skip_special_tokens=True) for t in expected]
     assert "[0]" in capsys.readouterr().out, "a batch prints one line per prompt"
+
+
+def test_a_checkpoint_without_processor_files(checkpoint_export, inputs_file, tmp_path, capsys):
+    """Exported whole all the same (the vision graph traced on synthetic pixels), and
+    generating from model inputs reports token ids, without text; a text prompt is refused."""
+    _, export = checkpoint_export(processor=False)
+    sidecar = json.loads((export / "vskip.json").read_text())
+    assert "processor" not in sidecar and sidecar["vision"]["file"] == "vision.onnx"
+    assert (export / "vision.onnx").is_file() and not (export / "tokenizer.json").exists()
+    path, arrays = inputs_file
+    out = tmp_path / "ids.json"
+    assert main(["generate", str(export), "--inputs", str(path), "--max-new-tokens", "6", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    loaded = tiny_model(FAMILY)
+    assert report["token_ids"] == reference_generate(loaded.family, loaded.model, arrays, 6).tolist()
+    assert "text" not in report
+    printed = capsys.readouterr().out
+    assert printed.startswith(" ".join(map(str, report["token_ids"][0])) + "\n"), "without a tokenizer, ids stream"
+    _one_line_error(capsys, ["generate", str(export), "--prompt", "w1"], "the export has no processor files")
 
 
 def test_refusals_are_one_line(exported, inputs_file, images, tmp_path, capsys):
@@ -117,6 +132,14 @@ def test_refusals_are_one_line(exported, inputs_file, images, tmp_path, capsys):
     _one_line_error(capsys, ["generate", export, "--prompt", f"w1 {MARKER}", "--image", str(images[0]),
                              "--image", str(images[1])], "1 image marker(s)")
     _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--max-new-tokens", "0"], "at least 1")
+    # The tiny config has 1024 positions; the prompt's last one is its length less 1 (no image
+    # compresses them by much here), so 1024 new tokens go past them.
+    _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--max-new-tokens", "1024"],
+                    "past the model's max_position_embeddings 1024")
+    sliver = tmp_path / "sliver.png"  # an aspect ratio of 300: Qwen2-VL's image processor refuses it
+    Image.fromarray(np.zeros((2, 600, 3), dtype=np.uint8)).save(sliver)
+    _one_line_error(capsys, ["generate", export, "--prompt", f"w1 {MARKER}", "--image", str(sliver)],
+                    "the processor refused the input")
     _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--temperature", "-1"], "--temperature")
     _one_line_error(capsys, ["generate", export, "--inputs", str(path), "--plan",
                              "vskip_compile/plans/opskip_qwen3vl8b_preset20.json"], "plan was made for")

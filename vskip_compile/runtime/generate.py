@@ -149,6 +149,18 @@ class Runtime:
             raise VskipError(f"{path}: compiled from {beside.source} (seed {beside.seed}), but the export in "
                              f"{self.directory} is {self.sidecar.source} (seed {self.sidecar.seed})")
 
+    def _check_positions(self, positions: np.ndarray, max_new_tokens: int) -> None:
+        """Refuse a run whose last fed token would sit past the model's trained positions
+        (rotary tables beyond them give garbage, silently)."""
+        text = self.config.get("text_config") or self.config
+        limit = text.get("max_position_embeddings")
+        last = int(np.max(positions)) + max_new_tokens - 1 if positions.size else max_new_tokens - 1
+        if isinstance(limit, int) and last >= limit:
+            raise VskipError(f"the prompt reaches position {int(np.max(positions))} and --max-new-tokens "
+                             f"{max_new_tokens} would feed position {last}, past the model's "
+                             f"max_position_embeddings {limit}: ask for at most {limit - int(np.max(positions))} "
+                             "new tokens or shorten the prompt")
+
     # ------------------------------------------------------------------ stages
     def prefill_feeds(self, inputs: dict[str, np.ndarray], span: bool = False,
                       timings: Timings | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -207,6 +219,7 @@ class Runtime:
             raise VskipError("--temperature must be >= 0 and --top-p in (0, 1]")
         timings = Timings()
         feeds, positions, visual = self.prefill_feeds(inputs, span, timings)
+        self._check_positions(positions, max_new_tokens)
         rng = np.random.default_rng(seed)
         eos = set() if ignore_eos else set(self.sidecar.eos_token_ids or ())
         start = time.perf_counter()
