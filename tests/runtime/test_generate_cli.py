@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import tiny_model
