@@ -26,7 +26,7 @@ from vskip_compile.core.sidecar import SIDECAR, GraphEntry, Sidecar
 from vskip_compile.core.islands import restore_norm_casts, softmax_islands
 
 from .inputs import prepare_decoder_inputs, synthetic_prompt, Prompt
-from .loading import LoadedModel, load_model, timed
+from .loading import LoadedModel, checkpoint_directory, load_model, timed
 from vskip_compile.core.embedding import EMBEDDING_FILE, table_chunks, write_table
 
 from .vision import CONFIG_FILE, VISION_GRAPH, config_dict, export_vision, vision_entry
@@ -88,9 +88,9 @@ MAX_PROCESSOR_FILE_BYTES = 64 * 2**20
 
 def processor_files(source: str) -> tuple[str, ...]:
     """The processor files an export of ``source`` will hold."""
-    if source.startswith("tiny:"):
+    path = checkpoint_directory(source)
+    if path is None:
         return TINY_PROCESSOR_FILES
-    path = Path(source)
     names = tuple(n for n in PROCESSOR_FILES if path.is_dir() and (path / n).is_file() and not (path / n).is_symlink())
     # save_pretrained writes a generation config for every model: alone it is no processor
     # (the sidecar has its EOS ids already), and listing it would make generate try to load one.
@@ -101,7 +101,8 @@ def _write_processor(loaded: LoadedModel, staging: Path, names: tuple[str, ...])
     """The tiny preset's offline processor, or the checkpoint's processor files copied."""
     from vskip_compile.core.files import read_bytes
 
-    if loaded.source.startswith("tiny:"):
+    directory = checkpoint_directory(loaded.source)
+    if directory is None:
         from .processors import save_tiny_processor
 
         written = sorted(p.name for p in save_tiny_processor(loaded.family.model_type, loaded.config, staging))
@@ -109,7 +110,7 @@ def _write_processor(loaded: LoadedModel, staging: Path, names: tuple[str, ...])
             raise VskipError(f"the tiny processor wrote {', '.join(written)}, not the files vskip expects")
         return
     for name in names:
-        (staging / name).write_bytes(read_bytes(Path(loaded.source) / name, "processor file", MAX_PROCESSOR_FILE_BYTES))
+        (staging / name).write_bytes(read_bytes(directory / name, "processor file", MAX_PROCESSOR_FILE_BYTES))
 
 
 def has_vision(family, config) -> bool:
@@ -387,8 +388,8 @@ def _check_export_directory(out_dir: Path, outputs: Outputs, decode: bool, visio
 
 def _checkpoint_files(source: str) -> list[Path]:
     """A checkpoint directory's own files: an export must never be written over them."""
-    path = Path(source)
-    if source.startswith("tiny:") or not path.is_dir():
+    path = checkpoint_directory(source)
+    if path is None or not path.is_dir():
         return []
     return [item for item in path.iterdir() if item.is_file()]
 

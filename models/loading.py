@@ -1,4 +1,5 @@
-"""Load a model from a checkpoint directory or a tiny preset (``tiny:<model_type>``)."""
+"""Load a model from a checkpoint directory, a tiny preset (``tiny:<model_type>``) or a
+packaged trained checkpoint (``testbed:vqa``, :mod:`vskip_compile.testbed`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ from .family import Family, get_family
 from .families.tiny import perturb_constant_parameters
 
 TINY_PREFIX = "tiny:"
+
+
+def checkpoint_directory(source: str) -> Path | None:
+    """The checkpoint directory SOURCE names: None for a tiny preset (it has none), the
+    packaged directory for ``testbed:<name>``, else SOURCE itself. Every reader of a
+    source's files goes through here, so a packaged name works wherever a path does."""
+    from vskip_compile.testbed import resolve
+
+    if source.startswith(TINY_PREFIX):
+        return None
+    return Path(resolve(source))
 
 
 @dataclass
@@ -66,7 +78,7 @@ def load_model(source: str, seed: int = 0, dtype: str = "float32") -> LoadedMode
             model = typed
         return LoadedModel(family, model.eval(), source, seed)
 
-    path = Path(source)
+    path = checkpoint_directory(source)
     checkpoint = inspect_checkpoint(path)
     cls = checkpoint.family.model_class()
     # The checked config, and safetensors only: nothing from_pretrained could reach beyond
@@ -76,7 +88,8 @@ def load_model(source: str, seed: int = 0, dtype: str = "float32") -> LoadedMode
                                       use_safetensors=True, local_files_only=True, output_loading_info=True,
                                       ignore_mismatched_sizes=True)
     check_loading_info(info, path, cls.__name__)
-    return LoadedModel(checkpoint.family, model.eval(), str(path), None)
+    # The source as given: an export of testbed:vqa records the name, not this install's path.
+    return LoadedModel(checkpoint.family, model.eval(), str(source), None)
 
 
 def timed(progress, label: str):

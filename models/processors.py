@@ -5,7 +5,8 @@ Nothing comes from the hub. Every family gets the same kind of tokenizer (a word
 ``tokenizers`` model wrapped in transformers' fast tokenizer) over the tiny vocabulary:
 
 * ids below 256 are ordinary words ``w<id>`` (``w17`` is id 17), except the config's pad,
-  BOS and EOS ids (``<pad>``, ``<bos>``, ``<eos>``) and one ``<unk>`` for any other word;
+  BOS and EOS ids (``<pad>``, ``<bos>``, ``<eos>``) and one ``<unk>`` for any other word
+  (a given vocabulary replaces the ``w<id>`` words: the trained testbed's real words);
 * 256 is a newline (words are split on spaces, newlines are tokens of their own), 257-260
   the chat role words ``system``, ``user``, ``assistant``, ``model``;
 * from 300 on, the family's special tokens at the ids its tiny config uses, then the
@@ -275,8 +276,11 @@ def image_marker(model_type: str) -> str:
 
 # --- shared construction ----------------------------------------------------------------
 
-def _tokenizer(config, named: dict[str, tuple[str, int | None]], extra: list[str], add_bos: bool):
-    """The word-level tokenizer described in the module docstring."""
+def _tokenizer(config, named: dict[str, tuple[str, int | None]], extra: list[str], add_bos: bool,
+               vocabulary: tuple[str, ...] | None = None):
+    """The word-level tokenizer described in the module docstring; ``vocabulary`` (words
+    without spaces or newlines) replaces the ``w<id>`` words, taking the free ids below
+    256 in order."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -293,7 +297,15 @@ def _tokenizer(config, named: dict[str, tuple[str, int | None]], extra: list[str
             if not free:
                 raise VskipError(f"tiny processor: the tiny vocabulary ({text.vocab_size}) has no id left for {token}")
             special[token] = free[0]
-    words = {f"w{i}": i for i in range(TEXT_IDS) if i not in special.values()}
+    free = [i for i in range(TEXT_IDS) if i not in special.values()]
+    if vocabulary is None:
+        words = {f"w{i}": i for i in free}
+    else:
+        clash = sorted(set(vocabulary) & (set(special) | {"\n", *_ROLE_WORDS}))
+        if len(set(vocabulary)) != len(vocabulary) or clash or len(vocabulary) > len(free):
+            raise VskipError(f"tiny processor: a vocabulary needs at most {len(free)} distinct words besides the "
+                             f"special and role words{f' (it has {clash[0]!r})' if clash else ''}")
+        words = dict(zip(vocabulary, free))
     words.update({"\n": _NEWLINE_ID, **{word: _NEWLINE_ID + 1 + n for n, word in enumerate(_ROLE_WORDS)}})
     ids = list(special.values()) + list(words.values())
     shared = sorted({i for i in ids if ids.count(i) > 1})
@@ -331,28 +343,31 @@ def _chat_template(marker: str, turns: tuple[str, str, str]) -> str:
     )
 
 
-def tiny_processor(model_type: str, config):
+def tiny_processor(model_type: str, config, vocabulary: tuple[str, ...] | None = None):
     """An offline ``transformers.ProcessorMixin`` for the tiny preset ``model_type`` with
-    ``config`` (its ``Family.tiny_config()``); see the module docstring for its tokens,
-    image markers, tiling and chat template."""
+    ``config`` (its ``Family.tiny_config()``, or any config of that family with the tiny
+    token ids); see the module docstring for its tokens, image markers, tiling and chat
+    template. ``vocabulary`` gives the ordinary words instead of ``w<id>`` (the trained
+    testbed's words)."""
     import transformers
 
     spec = _spec(model_type)
     turn_markers = [t for t in spec.turns[:2] if t]
-    tokenizer = _tokenizer(config, spec.named_tokens(config), turn_markers + list(spec.extra_tokens), spec.add_bos)
+    tokenizer = _tokenizer(config, spec.named_tokens(config), turn_markers + list(spec.extra_tokens), spec.add_bos,
+                           vocabulary)
     cls = _IMAGE_ONLY.get(spec.processor) or getattr(transformers, spec.processor)
     return cls(image_processor=spec.image_processor(config), tokenizer=tokenizer,
                             chat_template=_chat_template(spec.marker, spec.turns), **spec.processor_kwargs(config))
 
 
-def save_tiny_processor(model_type: str, config, directory) -> list[Path]:
+def save_tiny_processor(model_type: str, config, directory, vocabulary: tuple[str, ...] | None = None) -> list[Path]:
     """Save :func:`tiny_processor` into ``directory``; returns the files written there.
 
     ``AutoProcessor.from_pretrained(directory, local_files_only=True)`` loads it back once
     this module is imported (the image-only Qwen-VL and InternVL classes register then);
     :func:`load_processor` does both.
     """
-    processor = tiny_processor(model_type, config)
+    processor = tiny_processor(model_type, config, vocabulary)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []

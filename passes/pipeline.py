@@ -22,10 +22,14 @@ class LayerChange:
     """What a pass did to one decoder layer."""
 
     index: int
-    action: Action
-    rows: str            # the row input the layer keeps live
+    action: Action | str  # a plan's action, or what a plan-independent pass did ("routed")
+    rows: str            # the row input(s) the layer keeps live
     nodes_added: int
     note: str = ""       # e.g. where a frozen run's K/V come from
+
+    @property
+    def label(self) -> str:
+        return self.action.value if isinstance(self.action, Action) else self.action
 
 
 @dataclass
@@ -48,13 +52,13 @@ class PassReport:
             return f"{self.name}: no layer changed"
         actions: dict[str, int] = {}
         for layer in self.layers:
-            actions[layer.action.value] = actions.get(layer.action.value, 0) + 1
+            actions[layer.label] = actions.get(layer.label, 0) + 1
         by_action = ", ".join(f"{name} x{count}" for name, count in actions.items())
         return f"{self.name}: {len(self.layers)} layers changed ({by_action}); {self.nodes_added} nodes added"
 
     def to_dict(self) -> dict:
         return {"name": self.name, "nodes_added": self.nodes_added,
-                "layers": [{"layer": c.index, "action": c.action.value, "rows": c.rows,
+                "layers": [{"layer": c.index, "action": c.label, "rows": c.rows,
                             "nodes_added": c.nodes_added, "note": c.note} for c in self.layers],
                 "skipped": [{"layer": index, "why": why} for index, why in self.skipped]}
 
@@ -80,6 +84,16 @@ def default_passes(causal_blocks: int = 0) -> list[Pass]:
 
         passes.append(CausalBlocks(causal_blocks))
     return passes
+
+
+def routable_passes() -> list[Pass]:
+    """The passes ``compile --routable`` runs: the NaN guard move, then every layer's rows
+    as runtime inputs (passes/routable.py). Causal blocking needs all-row queries, which a
+    routable graph never has, so it has no place here."""
+    from .nan_guard import MoveNanGuard
+    from .routable import RouteRows
+
+    return [MoveNanGuard(), RouteRows()]
 
 
 def run_passes(structure: DecoderStructure, plan: Plan, passes: list[Pass] | None = None) -> list[PassReport]:

@@ -75,7 +75,7 @@ def skip_visual_rows(structure: DecoderStructure, plan: Plan) -> PassReport:
     names = row_inputs(plan)
     subsets = {name: RowSubset(graph, builder, name) for name in names}
     result = PassReport(SkipVisualRows.name)
-    rewrite = _Rewrite(graph, builder, structure)
+    rewrite = LayerRewrite(graph, builder, structure)
     previous: tuple[LayerMatch, Action] | None = None
     for layer, action in zip(structure.layers, plan.actions):
         continues_run = (previous is not None and previous[1] is Action.FREEZE and action is Action.FREEZE
@@ -103,7 +103,9 @@ class _FrozenRun:
     base: gs.Tensor      # the first layer's residual operand: the write-backs go into it
 
 
-class _Rewrite:
+class LayerRewrite:
+    """The row surgery on located layers, shared with the routable pass (passes/routable.py)."""
+
     def __init__(self, graph: gs.Graph, builder: Builder, structure: DecoderStructure):
         self.graph = graph
         self.b = builder
@@ -125,26 +127,26 @@ class _Rewrite:
         residual = self.current(layer.attn_residual)
         mid = layer.attn_add.outputs[0]
         if action.skips_attention:
-            attn_rows = self._attention_rows(layer, h, rows)
+            attn_rows = self.attention_rows(layer, h, rows)
             mid_rows = self.b.op("Add", [rows.gather(residual, 1), attn_rows], dtype=mid.dtype)
             if action is Action.SKIP_ATTENTION:
-                self._replace(mid, rows.scatter(residual, mid_rows))
+                self.replace(mid, rows.scatter(residual, mid_rows))
                 return ""
-            ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
+            ffn_rows, ffn_residual_rows = self.ffn_rows(layer, mid, mid_rows, rows)
             out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
             follows = self.run is not None
             if not follows:
                 self.run = _FrozenRun(input=h, base=residual)
-            self._replace(layer.output, rows.scatter(self.run.base, out_rows))
+            self.replace(layer.output, rows.scatter(self.run.base, out_rows))
             return self._kv_from_run_input(layer, h, rows) if follows else ""
         # skip visual FFN: attention as before, FFN on the live rows only
         mid_rows = rows.gather(mid, 1)
-        ffn_rows, ffn_residual_rows = self._ffn_rows(layer, mid, mid_rows, rows)
+        ffn_rows, ffn_residual_rows = self.ffn_rows(layer, mid, mid_rows, rows)
         out_rows = self.b.op("Add", [ffn_residual_rows, ffn_rows], dtype=layer.output.dtype)
-        self._replace(layer.output, rows.scatter(self.current(layer.ffn_residual), out_rows))
+        self.replace(layer.output, rows.scatter(self.current(layer.ffn_residual), out_rows))
         return ""
 
-    def _attention_rows(self, layer: LayerMatch, h: gs.Tensor, rows: RowSubset) -> gs.Tensor:
+    def attention_rows(self, layer: LayerMatch, h: gs.Tensor, rows: RowSubset) -> gs.Tensor:
         """The attention branch for the live rows: query path, core and o_proj, restricted."""
         query, branch = layer.attention.query, layer.attn_branch
         region = (_ancestors(query) & _descendants(h)) | (_descendants(query) & _ancestors(branch))
@@ -154,7 +156,7 @@ class _Rewrite:
                                 self.describe)
         return self._take(state, branch, layer, "attention branch")
 
-    def _ffn_rows(self, layer: LayerMatch, mid: gs.Tensor, mid_rows: gs.Tensor, rows: RowSubset):
+    def ffn_rows(self, layer: LayerMatch, mid: gs.Tensor, mid_rows: gs.Tensor, rows: RowSubset):
         """The FFN branch and its residual operand for the live rows."""
         branch, residual = layer.ffn_branch, layer.ffn_residual
         region = _descendants(mid) & (_ancestors(branch) | _ancestors(residual))
@@ -197,7 +199,7 @@ class _Rewrite:
                 if tensor is h:
                     node.inputs[i] = self.run.input
         for (out, consumers), r in zip(exits, restricted):
-            self._replace(out, rows.scatter_along(out, r.tensor, r.axis), consumers)
+            self.replace(out, rows.scatter_along(out, r.tensor, r.axis), consumers)
         return "K/V from the run's input"
 
     def _take(self, state, tensor: gs.Tensor, layer: LayerMatch, what: str) -> gs.Tensor:
@@ -209,7 +211,7 @@ class _Rewrite:
     def _ordered(self, region: set[int]) -> list[gs.Node]:
         return [n for n in self.graph.nodes if id(n) in region]
 
-    def _replace(self, old: gs.Tensor, new: gs.Tensor, consumers: list[gs.Node] | None = None) -> None:
+    def replace(self, old: gs.Tensor, new: gs.Tensor, consumers: list[gs.Node] | None = None) -> None:
         """Every consumer of ``old`` (or those given) reads ``new`` instead; a graph output keeps its name."""
         for node in list(old.outputs) if consumers is None else consumers:
             for i, tensor in enumerate(node.inputs):

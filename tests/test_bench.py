@@ -267,3 +267,31 @@ def test_bench_compiles_every_graph_with_the_causal_blocks_it_is_given(exported,
     for config in result["configs"]:                                  # vanilla and the plan: every layer blocked
         graph = onnx.load(config["graph"], load_external_data=False)
         assert sum(n.op_type == "Softmax" for n in graph.graph.node) == 4 * 4, config["name"]
+
+
+def test_bench_times_one_routable_graph_under_every_plan(exported, tmp_path):
+    """--routable: one graph, fed the empty plan and each plan; its overheads are the
+    ratios of the medians (and of the paired rounds) to the static configs'."""
+    from vskip_compile.bench.timing import stats
+
+    model = exported("qwen2_vl") / "prefill.onnx"
+    plan = Plan((Action.FULL, Action.SKIP_ATTENTION, Action.FREEZE, Action.SKIP_FFN))
+    result = run_bench(model, [plan], visual=SMALL, warmup=0, rounds=2, threads=1, routable=True,
+                       markdown_path=tmp_path / "bench.md", workdir=tmp_path / "work")
+    configs = {c["plan"]: c for c in result["configs"]}
+    label = result["plans"][0]["name"]
+    assert set(configs) == {"vanilla", label, "routable/vanilla", f"routable/{label}"}
+    assert configs["routable/vanilla"]["graph"] == configs[f"routable/{label}"]["graph"]   # one graph for both
+    graph = onnx.load(configs["routable/vanilla"]["graph"].removesuffix(" (routable)"), load_external_data=False)
+    assert sum(i.name.endswith("_rows") for i in graph.graph.input) == 8       # every layer's two row inputs
+    overheads = result["routable"]["ort-cpu"]
+    for static, routed in (("vanilla", "routable/vanilla"), (label, f"routable/{label}")):
+        times = configs[static]["times_s"], configs[routed]["times_s"]
+        assert overheads[static]["overhead"] == pytest.approx(stats(times[1])["median"] / stats(times[0])["median"] - 1)
+        assert overheads[static]["paired_overhead"] == pytest.approx(
+            stats([r / s for r, s in zip(times[1], times[0])])["median"] - 1)
+    routed_plan = next(p for p in result["plans"] if p["name"] == f"routable/{label}")
+    assert routed_plan["ideal_speedup"] == result["plans"][0]["ideal_speedup"]
+    assert "routable graph on ort-cpu" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(VskipError, match="--routable and --causal-blocks do not combine"):
+        run_bench(model, [plan], visual=SMALL, routable=True, causal_blocks=4)

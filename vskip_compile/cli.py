@@ -171,8 +171,9 @@ class Report:
 class Export(Command):
     """Export an MLLM's decoder to ONNX: prefill.onnx, decode.onnx and the vskip.json sidecar.
 
-    SOURCE is a transformers checkpoint directory (config.json + safetensors) or a tiny
-    preset with seeded random weights, tiny:<model_type>.
+    SOURCE is a transformers checkpoint directory (config.json + safetensors), a tiny
+    preset with seeded random weights, tiny:<model_type>, or the packaged trained testbed,
+    testbed:vqa (docs/testbed.md).
 
     Example:
       vskip export tiny:qwen2_vl -o out/q2 --opset 23
@@ -181,7 +182,7 @@ class Export(Command):
     name = "export"
 
     def add_arguments(self, parser):
-        parser.add_argument("source", metavar="SOURCE", help="checkpoint directory or tiny:<model_type>")
+        parser.add_argument("source", metavar="SOURCE", help="checkpoint directory, tiny:<model_type> or testbed:vqa")
         parser.add_argument("-o", "--output", required=True, metavar="DIR",
                             help="export directory (created; its parent must exist)")
         parser.add_argument("--opset", type=int, default=20, choices=(20, 23),
@@ -285,16 +286,25 @@ class Compile(Command):
     for freeze_scope prefix_through_visual); see `vskip run --visual-rows`. Prints the
     layers found and every pass's changes; --report adds FLOPs before and after.
 
+    --routable instead of --plan: one graph for every plan. Each layer i takes its
+    attention query rows and its FFN rows as inputs (vskip_layer{i}_attention_rows,
+    vskip_layer{i}_ffn_rows), and `vskip run/validate --plan` feed them for a plan at run
+    time (no recompile, one TensorRT engine). Not with --report or --causal-blocks.
+
     Example:
       vskip-compile out/q2/prefill.onnx --plan vskip_compile/plans/example_tiny.json -o out/q2/c.onnx --report
+      vskip-compile out/q2/prefill.onnx --routable -o out/q2/routable.onnx
     """
 
     name = "compile"
 
     def add_arguments(self, parser):
         parser.add_argument("model", metavar="MODEL.onnx", help="a decoder prefill graph (not compiled)")
-        parser.add_argument("--plan", required=True, metavar="PLAN.json", help="a vskip plan or an OpSkip policy")
-        parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL")
+        parser.add_argument("--plan", metavar="PLAN.json", help="a vskip plan or an OpSkip policy (or --routable)")
+        parser.add_argument("--routable", action="store_true",
+                            help="no plan: every layer's rows become inputs, so any plan is fed at run time")
+        parser.add_argument("-o", "--output", metavar="OUT.onnx", help="default: MODEL.vskip.onnx beside MODEL "
+                                                                       "(MODEL.routable.onnx with --routable)")
         parser.add_argument("--report", action="store_true",
                             help="count FLOPs before and after: print the table and the ideal speedup, write "
                                  "OUT.flops.json and a per-layer plot OUT.flops.png")
@@ -308,6 +318,14 @@ class Compile(Command):
     def run(self, args):
         from .compile import compile_model
 
+        if args.routable and args.plan is not None:
+            raise VskipError("--routable takes no --plan: a routable graph is fed its plan at run time "
+                             "(vskip run/validate --plan)")
+        if not args.routable and args.plan is None:
+            raise VskipError("give --plan PLAN.json, or --routable for one graph that takes any plan at run time")
+        if args.routable and args.report:
+            raise VskipError("--report counts a plan's FLOPs, and a routable graph has no plan of its own; count "
+                             "the plan with vskip flops on its static compile, or drop --report")
         if not args.report and (args.rows, args.visual_rows) != (None, None):
             raise VskipError("--rows and --visual-rows describe the --report workload; add --report")
         visual = workload(args) if args.report else None
@@ -331,12 +349,12 @@ class Compile(Command):
             return files + ([Path(args.json)] if args.json not in (None, "-") else [])
 
         report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
-                               extra_outputs=extra_outputs, causal_blocks=args.causal_blocks)
+                               extra_outputs=extra_outputs, causal_blocks=args.causal_blocks, routable=args.routable)
         _progress(report.table)
         for result in report.passes:
             _progress(result.counts())
             for change in result.layers:
-                _progress(f"  layer {change.index}: {change.action.value} ({change.nodes_added} nodes added"
+                _progress(f"  layer {change.index}: {change.label} ({change.nodes_added} nodes added"
                           + (f"; {change.note})" if change.note else ")"))
             for index, why in result.skipped:
                 _progress(f"  layer {index}: left as it is ({why})")
@@ -459,8 +477,9 @@ class Validate(Command):
     def add_arguments(self, parser):
         parser.add_argument("graph", metavar="GRAPH.onnx", help="a graph vskip exported or compiled, or an engine "
                                                                 "from vskip build (--backend trt)")
-        parser.add_argument("--plan", metavar="PLAN.json", help="the plan the reference follows (default: the "
-                                                                "graph's recorded plan, else none)")
+        parser.add_argument("--plan", metavar="PLAN.json", help="the plan the reference follows, and a routable "
+                                                                "graph is fed (default: the graph's recorded plan, "
+                                                                "else none)")
         parser.add_argument("--model", metavar="SOURCE", help="the reference model: checkpoint directory or "
                                                               "tiny:<model_type> (default: the sidecar's source)")
         parser.add_argument("--inputs", metavar="FEEDS.npz", help="feeds to use instead of a generated prompt")
@@ -498,11 +517,12 @@ class Bench(Command):
     speedup from FLOPs and the share of it realized.
 
     With --e2e, whole generations instead: MODEL is an export's prefill.onnx, --inputs the
-    model's inputs (as for `vskip generate`), and each config generates --max-new-tokens
-    tokens (EOS ignored) on the export's vision, prefill and decode graphs, or with
-    transformers' generate on --backend torch. Prints each stage's median (vision,
-    prefill, first token, decode tokens/s, total) and per plan the first-token speedup
-    against its ideal (vision unchanged, prefill cut by the plan's FLOPs).
+    model's inputs (as for `vskip generate`) or --prompt/--image run through the export's
+    processor before every generation, and each config generates --max-new-tokens tokens
+    (EOS ignored) on the export's vision, prefill and decode graphs, or with transformers'
+    generate on --backend torch. Prints each stage's median (processor, vision, prefill,
+    first token, decode tokens/s, total) and per plan the first-token speedup against its
+    ideal (processor and vision unchanged, prefill cut by the plan's FLOPs).
 
     Example:
       vskip bench out/q2/prefill.onnx --plan vskip_compile/plans/example_tiny.json --rows 64 --visual-rows 8:40 --backend ort-cpu --backend torch
@@ -531,11 +551,19 @@ class Bench(Command):
         parser.add_argument("--sidecar", metavar="FILE.json",
                             help="the model's dims (vskip.json fields) when MODEL has no vskip.json beside it")
         add_causal_blocks(parser, "the vanilla graph and every plan's")
+        parser.add_argument("--routable", action="store_true",
+                            help="also time one routable graph (vskip-compile --routable) fed the empty plan and "
+                                 "every --plan, against the vanilla and static graphs")
         add_json(parser, "the full result")
         parser.add_argument("--markdown", metavar="PATH", help="write a section for docs/benchmarks.md ('-': stdout)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
         parser.add_argument("--e2e", action="store_true", help="time whole generations, stage by stage")
         parser.add_argument("--inputs", metavar="MODEL_INPUTS.npz", help="with --e2e: the model's inputs")
+        parser.add_argument("--prompt", action="append", metavar="TEXT",
+                            help="with --e2e, instead of --inputs: a prompt the export's processor reads before "
+                                 "every generation (timed); repeat for a batch")
+        parser.add_argument("--image", action="append", default=[], metavar="IMG",
+                            help="with --prompt: an image for the prompts' image markers, in order")
         parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
                             help="with --e2e: tokens each generation makes (default 32)")
         add_force(parser, "the --json / --markdown files and, in --workdir, compiled graphs")
@@ -549,15 +577,17 @@ class Bench(Command):
             raise VskipError("--json - and --markdown - would both print to stdout; write one of them to a file")
         if args.e2e:
             return self._e2e(args)
-        if args.inputs is not None:
-            raise VskipError("--inputs goes with --e2e (a prefill benchmark makes random inputs of --rows rows)")
+        if args.inputs is not None or args.prompt or args.image:
+            raise VskipError("--inputs, --prompt and --image go with --e2e (a prefill benchmark makes random inputs "
+                             "of --rows rows)")
         visual = mask(args.rows, args.visual_rows, MAX_ROWS)
         result = run_bench(args.model, args.plan, visual=visual, backends=args.backend or DEFAULT_BACKENDS,
                            threads=args.threads, warmup=args.warmup, rounds=args.rounds, workdir=args.workdir,
                            sidecar=args.sidecar, seed=args.seed, progress=_progress,
                            json_path=None if files["json"] == "-" else files["json"],
                            markdown_path=None if files["markdown"] == "-" else files["markdown"],
-                           compiled_graphs=args.compiled, force=args.force, causal_blocks=args.causal_blocks)
+                           compiled_graphs=args.compiled, force=args.force, causal_blocks=args.causal_blocks,
+                           routable=args.routable)
         if "-" in files.values():
             sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json == "-" else to_markdown(result))
         else:
@@ -572,14 +602,14 @@ class Bench(Command):
 
         given = [flag for flag, value in (("--rows", args.rows), ("--visual-rows", args.visual_rows),
                                           ("--compiled", args.compiled), ("--sidecar", args.sidecar),
-                                          ("--causal-blocks", args.causal_blocks), ("--markdown", args.markdown))
+                                          ("--causal-blocks", args.causal_blocks), ("--markdown", args.markdown),
+                                          ("--routable", args.routable))
                  if value]
         if given:
-            raise VskipError(f"{', '.join(given)} do(es) not apply with --e2e (the prompt comes from --inputs)")
-        if args.inputs is None:
-            raise VskipError("--e2e needs --inputs MODEL_INPUTS.npz (the model's inputs, as for vskip generate)")
-        report = Report(args.json, [args.model, args.inputs, *args.plan], args.force)
-        result = run_e2e(args.model, args.plan, args.inputs, backends=args.backend or ("ort-cpu", "torch"),
+            raise VskipError(f"{', '.join(given)} do(es) not apply with --e2e (the prompt comes from --inputs or "
+                             "--prompt)")
+        report = Report(args.json, [args.model, args.inputs, *args.image, *args.plan], args.force)
+        result = run_e2e(args.model, args.plan, args.inputs, prompts=args.prompt or (), images=args.image, backends=args.backend or ("ort-cpu", "torch"),
                          max_new_tokens=args.max_new_tokens, warmup=args.warmup, rounds=args.rounds,
                          threads=args.threads, workdir=args.workdir, force=args.force,
                          progress=None if report.to_stdout else _progress)
@@ -592,10 +622,12 @@ class Run(Command):
     """Run an ONNX graph on a backend: FEEDS.npz holds its inputs by name, OUT.npz gets its outputs.
 
     For a compiled graph, give the prompt's visual rows with --visual-rows (or its row
-    inputs in the feeds).
+    inputs in the feeds). A routable graph (vskip-compile --routable) also takes the plan
+    to apply, --plan PLAN.json (or its per-layer rows in the feeds).
 
     Example:
       vskip run out/q2/c.onnx --inputs out/feeds.npz --visual-rows 5:13,23:31 -o out/outputs.npz
+      vskip run out/q2/routable.onnx --plan PLAN.json --inputs out/feeds.npz --visual-rows 5:13,23:31 -o out/o.npz
     """
 
     name = "run"
@@ -606,6 +638,8 @@ class Run(Command):
         parser.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="where the outputs go, by name")
         parser.add_argument("--visual-rows", metavar="RANGES",
                             help="visual rows of a compiled graph's prompt, as half-open ranges: 5:21,30:46")
+        parser.add_argument("--plan", metavar="PLAN.json",
+                            help="the plan a routable graph applies (vskip-compile --routable); needs --visual-rows")
         add_backend(parser)
         parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
         add_force(parser, "OUT.npz")
@@ -613,17 +647,26 @@ class Run(Command):
     def run(self, args):
         from .backends import get_backend
         from .core.files import Outputs, check_threads, read_npz
+        from .core.plan import load_plan
+        from .core.routing import is_routing_input
         from .core.visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length
 
         threads = check_threads(args.threads)
         backend = get_backend(args.backend)
-        outputs = Outputs([args.model, args.inputs], force=args.force)
+        outputs = Outputs([args.model, args.inputs] + ([args.plan] if args.plan else []), force=args.force)
         with outputs:
             outputs.claim(args.output, "outputs file")  # first: a refused output costs nothing
             feeds = read_npz(args.inputs)
+            plan = load_plan(args.plan) if args.plan is not None else None
             session = backend.load(Path(args.model), threads=threads, outputs=outputs, progress=_progress)
             wanted = [spec.name for spec in session.inputs if spec.name in ROW_INPUTS]
-            if args.visual_rows is not None:
+            routed = [spec.name for spec in session.inputs if is_routing_input(spec.name)]
+            if routed:
+                _route(args, feeds, plan, routed)
+            elif plan is not None:
+                raise VskipError(f"{args.model}: not a routable graph; --plan applies only to graphs compiled with "
+                                 "vskip-compile --routable (a compiled graph applies its own plan)")
+            elif args.visual_rows is not None:
                 if not wanted:
                     raise VskipError(f"{args.model}: not a compiled graph; --visual-rows applies only to compiled graphs")
                 given = [n for n in wanted if n in feeds]
@@ -640,6 +683,32 @@ class Run(Command):
         return 0
 
 
+def _route(args, feeds: dict, plan, routed: list[str]) -> None:
+    """`vskip run` on a routable graph: the plan's per-layer rows into ``feeds``."""
+    from .core.graph_io import load_graph, recorded_routable
+    from .core.routing import routing_feeds, routing_layers
+    from .core.visual_rows import parse_ranges, sequence_length
+
+    if plan is None:
+        if args.visual_rows is not None or not all(name in feeds for name in routed):
+            raise VskipError(f"{args.model} is routable: pass --plan PLAN.json with --visual-rows (or its "
+                             f"per-layer rows {routed[0]}, ... in the feeds)")
+        return
+    if args.visual_rows is None:
+        raise VskipError("--plan needs --visual-rows: the plan skips work on the prompt's visual rows")
+    given = [name for name in routed if name in feeds]
+    if given:
+        raise VskipError(f"the feeds already hold {given[0]}{' ...' if len(given) > 1 else ''}; give the rows "
+                         "once (--plan or the feeds)")
+    plan_obj, info = plan
+    family = None
+    if Path(args.model).suffix == ".onnx":  # an engine (--backend trt) carries no record; its inputs give the layers
+        record = recorded_routable(load_graph(args.model, weights_needed=False), args.model)
+        family = record["family"] if record else None
+    info.check_model(family or info.family or "decoder", routing_layers(routed))
+    feeds.update(routing_feeds(plan_obj, parse_ranges(args.visual_rows, sequence_length(feeds)), routed))
+
+
 class Generate(Command):
     """Generate text from a prompt and images, on an export's graphs (vision, prefill, decode).
 
@@ -653,6 +722,11 @@ class Generate(Command):
     The visual rows are exactly the image-token rows, or with --span everything from the
     first to the last image token (OpSkip's convention for Qwen2.5-VL). A batch shares one
     set of visual rows under a plan: its prompts must have their images at the same rows.
+
+    With a routable prefill (vskip-compile --routable) as --compiled, the plan is applied
+    at run time: --plan PLAN.json, or per task: --plan-for count=count.json --plan-for
+    color=color.json --task count picks the plan of this request's task (V-Skip's per-task
+    routing); neither: vanilla.
 
     Example:
       vskip generate out/q2 --inputs out/inputs.npz --plan vskip_compile/plans/example_tiny.json --json out/gen.json
@@ -668,9 +742,14 @@ class Generate(Command):
                             help="a prompt (repeat for a batch); needs the export's processor")
         parser.add_argument("--image", action="append", default=[], metavar="IMG",
                             help="an image file, in the order of the prompts' image markers; repeat for several")
-        plans = parser.add_mutually_exclusive_group()
-        plans.add_argument("--plan", metavar="PLAN.json", help="compile the prefill with this plan for the run")
-        plans.add_argument("--compiled", metavar="GRAPH.onnx", help="a prefill graph compiled from this export")
+        parser.add_argument("--plan", metavar="PLAN.json",
+                            help="compile the prefill with this plan for the run; with a routable --compiled, the "
+                                 "plan it applies")
+        parser.add_argument("--compiled", metavar="GRAPH.onnx",
+                            help="a prefill graph compiled from this export (routable: give --plan or --plan-for)")
+        parser.add_argument("--plan-for", action="append", default=[], metavar="TASK=PLAN.json",
+                            help="with a routable --compiled: the plan for requests labelled TASK; repeat per task")
+        parser.add_argument("--task", metavar="TASK", help="this request's task label, choosing its --plan-for plan")
         parser.add_argument("--span", action="store_true",
                             help="visual rows span from the first to the last image token (default: exactly the "
                                  "image tokens)")
@@ -689,6 +768,134 @@ class Generate(Command):
         from .runtime.cli import generate_command
 
         return generate_command(args, _progress)
+
+
+class Eval(Command):
+    """Accuracy per question type on the testbed's task; with a plan, its retention and FLOPs cut.
+
+    SOURCE is a checkpoint (testbed:vqa, or a directory with its processor files), run in
+    PyTorch with a plan through the skip reference; or an export directory, whose graphs run
+    through vskip generate's runtime on --backend (--plan compiles the prefill for the run,
+    --compiled takes one compiled earlier). Each answer is the greedy first new token.
+    Retention = accuracy with the plan / vanilla accuracy; the FLOPs cut is the plan's at
+    the evaluated samples' token mix. The samples are the task's --split (default test).
+    --plan-for TYPE=PLAN.json, one per question type, routes each sample to its type's plan
+    (per-task routing; on an export through a routable --compiled prefill).
+
+    Example:
+      vskip eval testbed:vqa --plan PLAN.json --samples 50 --json out/eval.json
+    """
+
+    name = "eval"
+
+    def add_arguments(self, parser):
+        from .evaluate import DEFAULT_BATCH, DEFAULT_SAMPLES
+
+        parser.add_argument("source", metavar="SOURCE", help="testbed:vqa, a checkpoint directory or an export directory")
+        parser.add_argument("--plan", metavar="PLAN.json", help="a vskip plan or OpSkip policy to score")
+        parser.add_argument("--compiled", metavar="GRAPH.onnx",
+                            help="with an export: a prefill compiled from it (routable: fed --plan / --plan-for)")
+        parser.add_argument("--plan-for", action="append", default=[], metavar="TYPE=PLAN.json",
+                            help="a plan per question type (per-task routing); repeat for every type")
+        parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
+                            help=f"samples per question type (default {DEFAULT_SAMPLES})")
+        parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                            help="which split's samples (default test)")
+        parser.add_argument("--seed", type=int, default=0, help="the samples' seed (default 0)")
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="B",
+                            help=f"prompts per batch (default {DEFAULT_BATCH})")
+        parser.add_argument("--backend", default=None,
+                            help="torch for a checkpoint (default); an ONNX backend for an export (default ort-cpu)")
+        parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+        add_json(parser, "the scores and every answer")
+        add_force(parser, "the --json file")
+
+    def run(self, args):
+        from .core.files import check_threads
+        from .evaluate import evaluate
+
+        from .runtime.cli import task_plans
+
+        routes = task_plans(args.plan_for)
+        report = Report(args.json, [args.plan, args.compiled, *routes.values()], args.force)
+        result = evaluate(args.source, plan=args.plan, compiled=args.compiled, plan_for=routes, backend=args.backend,
+                          samples_per_type=args.samples, split=args.split, seed=args.seed,
+                          batch_size=args.batch_size, threads=check_threads(args.threads),
+                          progress=None if report.to_stdout else _progress)
+        report.table(result.table())
+        report.emit(result.to_dict())
+        return 0
+
+
+class Calibrate(Command):
+    """Choose a plan for a task from a few samples: how much skipping each layer's visual
+    operators changes the answer (V-Skip's Visual Information Gain, a KL divergence).
+
+    --method vskip scores skipping visual attention at each layer alone and skips it in
+    the --layers N layers of lowest gain, or in as many as keep --retention R of vanilla
+    accuracy on the calibration samples. --method operators scores the three options
+    (skip visual attention, skip visual FFN, freeze) at each layer and adds them in order
+    of gain per FLOP saved, each rechecked on the calibration samples against --retention,
+    until the plan cuts --flops-cut of the prefill's FLOPs. MODEL is a checkpoint
+    (testbed:vqa); the samples are --samples of the task's validation split, of question
+    type --task (all: every type, one shared plan). Prints the per-layer gain table and
+    the time taken; --heatmap writes it as a PNG (layers x options).
+
+    Example:
+      vskip calibrate testbed:vqa --task count --samples 20 --method vskip --retention 0.99 -o out/count.json
+    """
+
+    name = "calibrate"
+
+    def add_arguments(self, parser):
+        from .calibrate import METHODS
+
+        parser.add_argument("model", metavar="MODEL", help="testbed:vqa or a checkpoint directory trained on its task")
+        parser.add_argument("--task", required=True, help="a question type of the task, or all")
+        parser.add_argument("--samples", type=int, default=20, metavar="N",
+                            help="calibration samples (default 20, as V-Skip)")
+        parser.add_argument("--method", default="vskip", choices=METHODS, help="vskip (default) or operators")
+        parser.add_argument("--layers", type=int, metavar="N", help="vskip: skip visual attention in N layers")
+        parser.add_argument("--retention", type=float, metavar="R",
+                            help="the share of vanilla accuracy the plan must keep on the samples, e.g. 0.99")
+        parser.add_argument("--flops-cut", type=float, metavar="C", help="operators: the FLOPs cut to reach, e.g. 0.3")
+        parser.add_argument("--seed", type=int, default=0, help="the samples' seed (default 0)")
+        parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="prompts per batch (default 32)")
+        parser.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where the plan goes")
+        parser.add_argument("--heatmap", metavar="PNG", help="write the gains as a heatmap (needs matplotlib)")
+        add_json(parser, "the gains, the choice and its steps")
+        add_force(parser, "the plan, --heatmap and --json files")
+
+    def run(self, args):
+        from .calibrate import calibrate_checkpoint, heatmap_png
+        from .core.plan import to_json
+
+        if args.method == "operators" and args.layers is not None:
+            raise VskipError("--layers goes with --method vskip; --method operators takes --flops-cut")
+        if args.method == "vskip" and args.flops_cut is not None:
+            raise VskipError("--flops-cut goes with --method operators; --method vskip takes --layers or --retention")
+        if args.heatmap:
+            from .flops.plot import require_matplotlib
+
+            require_matplotlib()
+        report = Report(args.json, [], args.force)
+        report.outputs.claim(args.output, "plan")
+        if args.heatmap:
+            report.outputs.claim(args.heatmap, "heatmap")
+        choice = {"layers": args.layers, "retention": args.retention} if args.method == "vskip" else {
+            "target_cut": args.flops_cut, "retention": args.retention}
+        result, what = calibrate_checkpoint(args.model, args.task, args.samples, args.method, seed=args.seed,
+                                            batch_size=args.batch_size,
+                                            progress=None if report.to_stdout else _progress, **choice)
+        report.table(result.table())
+        description = (f"vskip calibrate --method {args.method} --task {args.task} on {args.samples} validation "
+                       f"samples: accuracy {result.accuracy:.3f} of vanilla {result.vanilla_accuracy:.3f} on them, FLOPs cut "
+                       f"{result.flops_cut:.1%}")
+        files = {args.output: to_json(result.plan, family=what["family"], description=description).encode()}
+        if args.heatmap:
+            files[args.heatmap] = heatmap_png(result, f"{what['model']}, task {args.task}: {args.method}")
+        report.emit({**what, **result.to_dict()}, files)
+        return 0
 
 
 class Lint(Command):
@@ -794,8 +1001,8 @@ class Build(Command):
         return 0
 
 
-COMMANDS = [Demo(), Export(), Cast(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run(), Generate(), Build(),
-            Lint()]
+COMMANDS = [Demo(), Export(), Cast(), Inspect(), Compile(), Validate(), Flops(), Bench(), Run(), Generate(), Eval(),
+            Calibrate(), Build(), Lint()]
 
 
 def _progress(message: str) -> None:

@@ -128,7 +128,7 @@ def _answer(out_dir: Path, compiled: Path, loaded, say) -> dict:
     from .runtime.processor import load_processor
 
     runtime = Runtime(out_dir, compiled=compiled)
-    processor = load_processor(runtime)
+    processor = load_processor(runtime.directory, runtime.sidecar)
     processor.tokenizer.padding_side = "left"
     rng = np.random.default_rng(7)
     images = [Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)) for shape in ((40, 56, 3), (32, 32, 3))]

@@ -2,8 +2,10 @@
 
 The model comes from the export's sidecar next to the graph (``vskip.json``: a checkpoint
 directory or ``tiny:<model_type>`` and its seed) or from ``--model``; the plan from
-``--plan``, else the plan recorded in a compiled graph, else the empty plan. Inputs are a
-generated prompt (text and images in a fixed layout) or given feeds with their visual rows.
+``--plan``, else the plan recorded in a compiled graph, else the empty plan. A routable
+graph (``vskip-compile --routable``) records none: it is fed that plan's per-layer rows
+(:func:`vskip_compile.core.routing.routing_feeds`). Inputs are a generated prompt (text and
+images in a fixed layout) or given feeds with their visual rows.
 
 Per output, like Polygraphy's comparisons: max, mean and 99th-percentile absolute error,
 max and mean relative error, cosine similarity and NaN/Inf counts; for logits also top-1
@@ -157,6 +159,7 @@ class ValidationReport:
     nonfinite: str | None = None            # where the graph's outputs turn non-finite
     reference_nonfinite: str | None = None  # where the PyTorch model in the graph's type does
     range_islands: int = 0                  # tensors `vskip cast --range-check` kept in fp32
+    routable: bool = False                  # the graph took the plan as per-layer row inputs
 
     @property
     def passed(self) -> bool:
@@ -221,7 +224,8 @@ class ValidationReport:
             lines.append(line)
         lines.append(f"graph on {self.backend['backend']} ({self.backend['runtime']} {self.backend['version']}, "
                      f"{self.backend['device']}, {self.backend['precision']}) vs the fp32 PyTorch reference; "
-                     f"{self.rows} rows, {self.visual_rows} visual")
+                     f"{self.rows} rows, {self.visual_rows} visual"
+                     + ("; the routable graph fed the plan's rows" if self.routable else ""))
         if half and self.reference_drift:
             worst = min(o.cosine for o in self.reference_drift)
             logits = next((o for o in self.reference_drift if o.top1_agreement is not None), None)
@@ -284,6 +288,8 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     from .backends import TORCH, get_backend
     from .core.dtypes import DTYPES
     from .core.files import read_npz
+    from .core.graph_io import load_graph, recorded_routable
+    from .core.routing import is_routing_input, routing_feeds
     from .core.sidecar import Sidecar, read_sidecar
 
     graph, engine = Path(graph), None
@@ -316,7 +322,11 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     family = loaded.family
     if info is not None:
         info.check_model(family.model_type, plan_obj.num_layers)
-    session = runner.load(graph, sidecar=sidecar, **({"engine": engine} if engine else {}))
+    routable = recorded_routable(load_graph(graph, weights_needed=False), graph) is not None
+    extra = {"engine": engine} if engine else {}
+    if routable and getattr(runner, "runs_plan", False):
+        extra["plan"] = plan_obj  # a backend that runs the plan itself reads no routing rows
+    session = runner.load(graph, sidecar=sidecar, **extra)
     if inputs is None:
         batch = 1 if dtype == "float32" else HALF_BATCH
         feeds, visual = sample_feeds(loaded, sidecar.seed or 0, batch)
@@ -326,6 +336,9 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
     feeds = {k: v for k, v in feeds.items() if k not in ROW_INPUTS}  # the rows come from the visual rows alone
     wanted = [spec.name for spec in session.inputs + reference.inputs if spec.name in ROW_INPUTS]
     feeds.update(row_feeds(visual, list(dict.fromkeys(wanted))))
+    routed = [spec.name for spec in session.inputs if is_routing_input(spec.name)]
+    if routed:
+        feeds.update(routing_feeds(plan_obj, visual, routed))
 
     def run(on):  # each session takes its own inputs; one it lacks is named by its feed check
         return on.run({spec.name: feeds[spec.name] for spec in on.inputs if spec.name in feeds})
@@ -335,7 +348,7 @@ def validate(graph: str | Path, plan: str | Path | None = None, model: str | Non
         graph=str(engine or graph), model=sidecar.source, backend=session.description.to_dict(),
         plan=[a.value for a in plan_obj.actions], freeze_scope=plan_obj.freeze_scope.value,
         rows=int(visual.shape[0]), visual_rows=int(visual.sum()), dtype=dtype, gates=asdict(gates),
-        nonfinite=first_nonfinite_layer(got), range_islands=_range_islands(graph))
+        nonfinite=first_nonfinite_layer(got), range_islands=_range_islands(graph), routable=routable)
     if dtype == "float32":
         report.outputs = compare_outputs(got, same, gates)
         return report

@@ -174,6 +174,42 @@ def test_exports_without_a_vision_graph_or_a_decode_graph_are_refused(exported, 
         _one_line_error(capsys, ["generate", str(directory), "--inputs", str(path)], expect)
 
 
+def test_a_routable_prefill_takes_the_plan_at_run_time(exported, inputs_file, tmp_path, capsys):
+    """--compiled ROUTABLE --plan P gives the tokens of the prefill compiled with P;
+    --plan-for/--task pick a request's plan; without a plan it is the vanilla model."""
+    from vskip_compile.compile import compile_model
+
+    path, _ = inputs_file
+    export = exported(FAMILY)
+    routable = tmp_path / "routable.onnx"
+    compile_model(export / "prefill.onnx", None, routable, routable=True)
+    plan = "vskip_compile/plans/example_tiny.json"
+    frozen = tmp_path / "frozen.json"
+    frozen.write_text(json.dumps({"format": "vskip-plan", "version": 1, "model": {"num_layers": 4},
+                                  "layers": {"0-3": "freeze"}}))
+
+    def tokens(*extra):
+        out = tmp_path / "gen.json"
+        assert main(["generate", str(export), "--inputs", str(path), "--max-new-tokens", "6", "--json", str(out),
+                     "--force", *extra]) == 0
+        return json.loads(out.read_text())["token_ids"]
+
+    static = tokens("--plan", plan)
+    assert tokens("--compiled", str(routable), "--plan", plan) == static
+    assert tokens("--compiled", str(routable)) == tokens() != static
+    routes = ["--compiled", str(routable), "--plan-for", f"mixed={plan}", "--plan-for", f"frozen={frozen}"]
+    assert tokens(*routes, "--task", "mixed") == static
+    assert tokens(*routes, "--task", "frozen") == tokens("--plan", str(frozen))
+    capsys.readouterr()
+    _one_line_error(capsys, ["generate", str(export), "--inputs", str(path), *routes], "--plan-for needs --task")
+    _one_line_error(capsys, ["generate", str(export), "--inputs", str(path), *routes, "--task", "other"],
+                    "no --plan-for plan for it")
+    _one_line_error(capsys, ["generate", str(export), "--inputs", str(path), "--plan-for", f"a={plan}", "--task", "a"],
+                    "compile one with vskip-compile --routable")
+    _one_line_error(capsys, ["generate", str(export), "--inputs", str(path), "--compiled",
+                             str(export / "prefill.onnx"), "--plan", plan], "not a routable graph")
+
+
 def test_sampling_is_seeded(exported, inputs_file):
     _, arrays = inputs_file
     feeds = {k: v.numpy() for k, v in arrays.items()}

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.errors import VskipError
 from ..core.files import Outputs
+from ..core.routing import is_routing_input
 from ..core.sidecar import Sidecar
 from ..core.visual_rows import ROW_INPUTS, check_row_feeds, sequence_length
 
@@ -119,7 +120,7 @@ def check_feeds(inputs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> dict[
         raise VskipError(f"missing graph inputs: {', '.join(missing)}")
     if extra:
         raise VskipError(f"inputs not in the graph: {', '.join(extra)} (graph takes {', '.join(expected)})")
-    rows = {n: feeds[n] for n in expected if n in ROW_INPUTS}
+    rows = {n: feeds[n] for n in expected if n in ROW_INPUTS or is_routing_input(n)}
     if rows:
         check_row_feeds(rows, sequence_length(feeds))
     return {n: np.asarray(feeds[n]) for n in expected}

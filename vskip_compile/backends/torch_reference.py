@@ -115,6 +115,8 @@ class TorchBackend(Backend):
     name = "torch"
     summary = "the PyTorch skip reference (the transformers model the graph was exported from)"
     skipping = False
+    # load(plan=...) applies a plan itself, so validate hands it the plan a routable graph is fed
+    runs_plan = True
 
 
     def unavailable(self) -> str | None:

@@ -82,7 +82,7 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
               command: str | None = None, json_path: str | Path | None = None,
               markdown_path: str | Path | None = None, progress: Callable[[str], None] | None = None,
               clock: Callable[[], float] = time.perf_counter, compiled_graphs: Sequence[str | Path] = (),
-              force: bool = False, causal_blocks: int = 0) -> dict:
+              force: bool = False, causal_blocks: int = 0, routable: bool = False) -> dict:
     """Time MODEL.onnx against each plan's compiled graph on every backend; returns the
     JSON-ready result.
 
@@ -101,6 +101,9 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     ``force``: replace existing report files and, in ``workdir``, compiled graphs; never
     one of the inputs. ``causal_blocks``: compile the vanilla graph and every plan with
     that many causal blocks (``vskip-compile --causal-blocks``; 0: off).
+    ``routable``: also compile MODEL once with ``--routable`` and time it fed the empty
+    plan (config ``routable/vanilla``) and every plan (``routable/<plan>``); the result's
+    ``routable`` block gives its overhead against the vanilla graph and each static graph.
     """
     model = input_file(model, "ONNX model")
     threads = default_threads() if threads is None else threads
@@ -112,6 +115,8 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     from ..passes.causal_blocks import check_blocks  # onnx-graphsurgeon: not at start-up
 
     check_blocks(causal_blocks)
+    if routable and causal_blocks:
+        raise VskipError("--routable and --causal-blocks do not combine: a routable graph's query rows are inputs")
     runners = _backends(backends)
     plan_files = [p for p in plans if not isinstance(p, Plan)]
     reports = Outputs([model, *plan_files, *compiled_graphs, *sidecar_files(model, sidecar)], force=force)
@@ -128,21 +133,30 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     # passes (passes/nan_guard.py) change it as they change every plan's graph, so a
     # speedup is the skipping's alone.
     vanilla = (VANILLA, Plan.empty(info.num_layers), "")
-    staging = prepare(model, [label for label, _, _ in [vanilla, *loaded_plans]],
-                      [None] * (1 + len(plans)) + [g.path for g in given], workdir, reports)
+    labels = [label for label, _, _ in [vanilla, *loaded_plans]] + ([ROUTABLE] if routable else [])
+    staging = prepare(model, labels, [None] * (1 + len(plans)) + [g.path for g in given] + [None] * routable,
+                      workdir, reports)
+    to_compile = [vanilla, *loaded_plans] + ([(ROUTABLE, None, "")] if routable else [])
 
-    with compile_plans(staging, [vanilla, *loaded_plans], force=force, progress=progress,
+    with compile_plans(staging, to_compile, force=force, progress=progress,
                        causal_blocks=causal_blocks) as compiled:
-        vanilla_graph, graphs = compiled[0], compiled[1:]
+        vanilla_graph, graphs = compiled[0], compiled[1:1 + len(loaded_plans)]
         # Before any timing, so a failing FLOPs counter costs no benchmark time.
         ideals, ideal_source = ideal_speedups(ideal, model, dims, loaded_plans, graphs, visual, progress)
         configs, descriptions, notes = _configs(runners, vanilla_graph, loaded_plans, graphs, visual, info, threads,
                                                 seed, progress)
+        if routable:
+            configs += _routed_configs(runners, compiled[-1], [vanilla, *loaded_plans], visual, info, threads, seed,
+                                       progress)
+            ideals.update({routed_label(VANILLA): 1.0,
+                           **{routed_label(label): ideals[label] for label, _, _ in loaded_plans}})
         measure(configs, warmup, rounds, clock, progress)
 
     rows, plan_rows, vanilla = summarize(configs, ideals)
     for entry, (label, plan, source) in zip(plan_rows, loaded_plans):
         entry.update(file=source, freeze_scope=plan.freeze_scope.value, actions=action_counts(plan))
+    for entry in plan_rows[len(loaded_plans):]:
+        entry.update(graph="routable")
     result = {
         "format": FORMAT, "version": VERSION,
         "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -157,6 +171,8 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         "vanilla": vanilla,
         "plans": plan_rows, "configs": rows,
     }
+    if routable:
+        result["routable"] = routable_overheads(configs, [VANILLA, *(label for label, _, _ in loaded_plans)])
     with reports:
         if json_path is not None:
             reports.write_text(json_path, json.dumps(result, indent=2) + "\n")
@@ -203,6 +219,54 @@ def _configs(runners: list, vanilla_graph: Path, plans: list[tuple[str, Plan, st
             configs.append(Config(config_name(backend.name, label), backend.name, label,
                                   _timed(session, feeds), str(graph)))
     return configs, descriptions, notes
+
+
+ROUTABLE = "routable"
+
+
+def routed_label(label: str) -> str:
+    """The config label of the routable graph fed ``label``'s plan."""
+    return f"{ROUTABLE}/{label}"
+
+
+def routable_overheads(configs: list[Config], labels: list[str]) -> dict:
+    """Per backend and plan: the routable graph's median over the static graph's (the
+    vanilla graph for the empty plan), less 1; and the same from the paired rounds."""
+    by_key = {(c.backend, c.plan): c for c in configs}
+    out: dict = {}
+    for (backend, label), config in by_key.items():
+        if label.startswith(f"{ROUTABLE}/"):
+            continue
+        routed = by_key.get((backend, routed_label(label)))
+        if routed is None:
+            continue
+        paired = [r / s for r, s in zip(routed.times, config.times)]
+        out.setdefault(backend, {})[label] = {
+            "static_median_s": stats(config.times)["median"], "routable_median_s": stats(routed.times)["median"],
+            "overhead": stats(routed.times)["median"] / stats(config.times)["median"] - 1,
+            "paired_overhead": stats(paired)["median"] - 1}
+    return out
+
+
+def _routed_configs(runners: list, graph: Path, plans: list[tuple[str, Plan, str]], visual: np.ndarray,
+                    info: Sidecar, threads: int, seed: int, progress) -> list[Config]:
+    """The routable graph, loaded once per backend, fed every plan (the vanilla one first)."""
+    from ..core.routing import is_routing_input, routing_feeds
+
+    configs = []
+    for backend in runners:
+        session = backend.load(graph, threads=threads, sidecar=info, progress=progress)
+        base, _ = synthesize_feeds([s for s in session.inputs if not is_routing_input(s.name)], visual,
+                                   info.hidden_size, seed)
+        names = [s.name for s in session.inputs if is_routing_input(s.name)]
+        plain = [s for s in session.inputs if not is_routing_input(s.name)]
+        for label, plan, _ in plans:
+            feeds = config_feeds(plain, base, visual, str(graph))
+            feeds.update(routing_feeds(plan, visual, names))
+            configs.append(Config(config_name(backend.name, routed_label(label)), backend.name,
+                                  routed_label(label), _timed(session, check_feeds(session.inputs, feeds)),
+                                  f"{graph} (routable)"))
+    return configs
 
 
 def _timed(session, feeds: dict) -> Callable[[], object]:

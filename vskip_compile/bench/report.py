@@ -138,6 +138,7 @@ def format_table(result: dict) -> str:
     text = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]
     text += _ratio_lines(result)
+    text += _routable_lines(result)
     text.append(f"S = {result['sequence_length']} ({result['layout']}), {result['threads']} threads, "
                 f"{result['warmup']} warm-up + {result['rounds']} interleaved rounds; ideal speedup: "
                 f"{result['ideal_source']}")
@@ -158,6 +159,16 @@ def _ratio_lines(result: dict) -> list[str]:
         if faster:
             line += f"; {other} is faster than {first} on this host for {', '.join(faster)}"
         lines.append(line)
+    return lines
+
+
+def _routable_lines(result: dict) -> list[str]:
+    """'routable on <backend>: +0.8% over vanilla, +1.1% over opskip_like' (median, paired)."""
+    lines = []
+    for backend, entries in result.get("routable", {}).items():
+        parts = [f"{e['overhead']:+.1%} over {'the vanilla graph' if label == VANILLA else label} "
+                 f"(paired {e['paired_overhead']:+.1%})" for label, e in entries.items()]
+        lines.append(f"routable graph on {backend}: " + ", ".join(parts))
     return lines
 
 
@@ -193,6 +204,7 @@ def to_markdown(result: dict) -> str:
     out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(_HEADER))) + "|")
     out += ["| " + " | ".join(f"`{c}`" if i == 0 else str(c) for i, c in enumerate(line)) + " |"
             for line in _rows(result)]
+    out += [""] + [line + "  " for line in _routable_lines(result)] if result.get("routable") else []
     ratios = _ratio_lines(result)
     if ratios:
         out += [""] + [line + "  " for line in ratios[:-1]] + [

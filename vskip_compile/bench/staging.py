@@ -76,7 +76,10 @@ def compile_plans(staging: Staging, plans: list[tuple[str, Plan, str]], *, force
             if not staging.keep:
                 register_temp(output)  # hidden beside the source: removed on any exit, signals included
                 made.append(output)
-            compile_model(source, plan, output, force=force, progress=progress, causal_blocks=causal_blocks)
+            if plan is None:  # the routable graph: every plan at run time
+                compile_model(source, None, output, force=force, progress=progress, routable=True)
+            else:
+                compile_model(source, plan, output, force=force, progress=progress, causal_blocks=causal_blocks)
         yield list(staging.targets)
     finally:
         for path in made:

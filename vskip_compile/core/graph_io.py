@@ -9,7 +9,9 @@ graph rewrites and shape inference need their values.
 A compiled graph records its plan and its row inputs in ``metadata_props``
 (:data:`PLAN_METADATA`, :data:`ROWS_METADATA`); :func:`recorded_plan` is the one reader of
 that record, so compile refuses a recompile, and validate, flops and bench know which plan
-a graph was compiled with.
+a graph was compiled with. A routable graph (``vskip-compile --routable``) records no plan,
+since it takes one at run time, but its layer count and family (:data:`ROUTABLE_METADATA`,
+read by :func:`recorded_routable`); :func:`vskip_compiled` says whether either record is there.
 
 A graph written by vskip owns its weights: beside its source it shares the source's data
 files; elsewhere each gets a byte copy named after the graph (:func:`weights_name`).
@@ -26,12 +28,13 @@ import onnx
 
 from .errors import VskipError
 from .files import MAX_GRAPH_BYTES, Outputs, external_data, external_info, external_tensors, open_input, parse_json
-from .plan import Plan, load_plan, to_json
+from .plan import MAX_LAYERS, Plan, load_plan, to_json
 from .visual_rows import ROW_INPUTS
 
 PLAN_METADATA = "vskip.plan"
 ROWS_METADATA = "vskip.row_inputs"
 BLOCKS_METADATA = "vskip.causal_blocks"
+ROUTABLE_METADATA = "vskip.routable"
 MIN_OPSET = 13  # Unsqueeze/Squeeze take axes as inputs and Softmax is per-axis from 13 on
 
 
@@ -110,6 +113,32 @@ def compiled_plan(model: onnx.ModelProto, source: str | Path = "graph") -> dict 
                          "the graph's metadata is damaged")
     return plan
 
+
+
+def recorded_routable(model: onnx.ModelProto, source: str | Path = "graph") -> dict | None:
+    """``{"num_layers": N, "family": F or None}`` for a graph vskip-compile --routable wrote,
+    else None. A damaged record is refused in one line, like a damaged plan."""
+    value = _metadata(model, ROUTABLE_METADATA)
+    if value is None:
+        return None
+    record = parse_json(value, f"{source}: metadata {ROUTABLE_METADATA}", "routing record")
+    layers = record.get("num_layers") if isinstance(record, dict) else None
+    family = record.get("family") if isinstance(record, dict) else None
+    if type(layers) is not int or not 0 < layers <= MAX_LAYERS or not (family is None or isinstance(family, str)):
+        raise VskipError(f"{source}: metadata {ROUTABLE_METADATA} must hold a layer count and a family; "
+                         "the graph's metadata is damaged")
+    return {"num_layers": layers, "family": family}
+
+
+def record_routable(model: onnx.ModelProto, num_layers: int, family: str | None) -> None:
+    """Mark ``model`` as routable: it takes :func:`vskip_compile.core.routing.routing_inputs`."""
+    set_metadata(model, ROUTABLE_METADATA, {"num_layers": num_layers, "family": family})
+
+
+def vskip_compiled(model: onnx.ModelProto, source: str | Path = "graph") -> bool:
+    """Whether vskip compiled ``model`` (with a plan, or routable): a second compile is
+    refused. A damaged record is refused in one line by its reader."""
+    return compiled_plan(model, source) is not None or recorded_routable(model, source) is not None
 
 
 def row_input_names(model: onnx.ModelProto, source: str | Path = "graph") -> list[str]:

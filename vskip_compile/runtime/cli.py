@@ -26,25 +26,27 @@ def generate_command(args, progress) -> int:
     report = Report(args.json, [args.inputs, args.compiled, args.plan, *args.image], args.force)
     quiet = report.to_stdout
     say = (lambda message: None) if quiet else progress
+    routes = _routes(args)
     with contextlib.ExitStack() as stack:
         compiled = args.compiled
-        if args.plan is not None:
+        if args.plan is not None and compiled is None:
             compiled = stack.enter_context(compiled_on_the_fly(args.export, args.plan, say))
         runtime = Runtime(args.export, compiled=compiled, backend=args.backend, threads=threads)
-        processor = load_processor(runtime)
+        plan = _run_time_plan(args, runtime, routes)
+        processor = load_processor(runtime.directory, runtime.sidecar)
         if args.inputs is not None:
             inputs, processing = read_npz(args.inputs), 0.0
         else:
             if processor is None:
                 raise VskipError(f"{args.export}: the export has no processor files, so it cannot read a text prompt; "
                                  "pass the model's inputs with --inputs MODEL_INPUTS.npz")
-            inputs, processing = processor_inputs(processor, args.prompt, args.image, runtime)
+            inputs, processing = processor_inputs(processor, args.prompt, args.image)
         batch = np.shape(inputs.get("input_ids", np.zeros((0, 0))))[0] if "input_ids" in inputs else 0
         stream = _Stream(processor, quiet or batch != 1)
         if runtime.plan_description:
             say(f"plan: {runtime.plan_description}")
         result = runtime.generate(inputs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed, span=args.span, on_token=stream.token)
+                                  top_p=args.top_p, seed=args.seed, span=args.span, on_token=stream.token, plan=plan)
         result.timings.processor = processing
         stream.end()
     result.text = _texts(processor, result)
@@ -59,6 +61,53 @@ def generate_command(args, progress) -> int:
             print(_profile_table(result))
     report.emit(_report(result, runtime, args))
     return 0
+
+
+def task_plans(items: list[str]) -> dict[str, str]:
+    """--plan-for TASK=PLAN.json pairs as a dict, refused in one line when malformed."""
+    routes = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise VskipError(f"--plan-for {item}: give TASK=PLAN.json")
+        if task in routes:
+            raise VskipError(f"--plan-for: task {task!r} is given twice")
+        routes[task] = path
+    return routes
+
+
+def _routes(args) -> dict[str, str]:
+    """--plan-for pairs, checked against the other options before anything loads."""
+    routes = task_plans(args.plan_for)
+    if routes and args.plan is not None:
+        raise VskipError("give --plan or --plan-for, not both")
+    if routes and args.compiled is None:
+        raise VskipError("--plan-for routes requests through a routable prefill: compile one with "
+                         "vskip-compile --routable and pass it as --compiled")
+    if args.task is not None and not routes:
+        raise VskipError("--task chooses among --plan-for plans; give them")
+    if routes and args.task is None:
+        raise VskipError(f"--plan-for needs --task, one of {', '.join(routes)}")
+    if routes and args.task not in routes:
+        raise VskipError(f"--task {args.task}: no --plan-for plan for it (have {', '.join(routes)})")
+    return routes
+
+
+def _run_time_plan(args, runtime: Runtime, routes: dict[str, str]):
+    """The plan a routable prefill applies to this request, or None."""
+    from ..core.plan import load_plan
+
+    path = routes.get(args.task) if routes else (args.plan if args.compiled is not None else None)
+    if runtime.routable_layers is None:
+        if path is not None:
+            raise VskipError(f"{args.compiled}: not a routable graph, so it applies its own plan; --plan with "
+                             "--compiled needs one from vskip-compile --routable")
+        return None
+    if path is None:
+        return None
+    plan, info = load_plan(path)
+    info.check_model(runtime.sidecar.family, runtime.sidecar.num_layers)
+    return plan
 
 
 class _Stream:

@@ -36,7 +36,9 @@ from ..core.dtypes import numpy_dtype
 from ..core.errors import VskipError
 from ..core.files import input_file, read_json
 from ..core.sidecar import SIDECAR, load_sidecar_file
-from ..core.visual_rows import row_feeds, shared_rows, visual_mask
+from ..core.plan import Plan
+from ..core.routing import is_routing_input, routing_feeds, routing_layers
+from ..core.visual_rows import ROW_INPUTS, row_feeds, shared_rows, visual_mask
 from ..host import vision_feeds
 from ..host.decoder import decoder_extras
 from ..host.positions import decode_positions, mrope_positions, text_positions
@@ -129,7 +131,11 @@ class Runtime:
             raise VskipError(f"{self.directory / sidecar.decode.file}: a decode graph that takes token ids (vskip "
                              "before the embedding table); re-export with this vskip")
         self.vision = load(self.directory / sidecar.vision.file, "vision graph") if sidecar.vision else None
-        self.row_names = [s.name for s in self.prefill.inputs if s.name.startswith("vskip_")]
+        names = [s.name for s in self.prefill.inputs]
+        self.row_names = [name for name in names if name in ROW_INPUTS]
+        # A routable prefill (vskip-compile --routable) takes the plan at run time.
+        self.routing_names = [name for name in names if is_routing_input(name)]
+        self.routable_layers = routing_layers(self.routing_names)
         self.plan_description = _plan_description(prefill) if self.row_names else None
         self.cache_names = [n for n in sidecar.prefill.outputs if n.startswith("present.")]
 
@@ -163,9 +169,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ stages
     def prefill_feeds(self, inputs: dict[str, np.ndarray], span: bool = False,
-                      timings: Timings | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
-        """The prefill graph's feeds for ``inputs``; also the positions and the visual rows."""
+                      timings: Timings | None = None, plan: Plan | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The prefill graph's feeds for ``inputs`` (a routable prefill's rows for ``plan``,
+        vanilla without one); also the positions and the visual rows."""
         timings = timings or Timings()
+        if plan is not None and self.routable_layers is None:
+            raise VskipError("a plan at run time needs a routable prefill (vskip-compile --routable, passed as "
+                             "--compiled); this one applies its own plan, or none")
+        if plan is not None and plan.num_layers != self.routable_layers:
+            raise VskipError(f"the plan has {plan.num_layers} layers but the routable prefill has "
+                             f"{self.routable_layers}; use a plan made for this model")
         ids, mask = _text_inputs(inputs)
         sidecar = self.sidecar
         is_image = ids == sidecar.image_token_id
@@ -203,6 +216,10 @@ class Runtime:
         visual = visual_mask(ids, sidecar.image_token_id, span)
         if self.row_names:
             feeds.update(row_feeds(shared_rows(visual), self.row_names))
+        if self.routing_names:
+            routed = plan or Plan.empty(self.routable_layers)
+            feeds.update(routing_feeds(routed, shared_rows(visual) if not routed.is_empty else visual[0],
+                                       self.routing_names))
         specs = {s.name: s for s in self.prefill.inputs}
         feeds = {name: _typed(value, specs[name].dtype) for name, value in feeds.items()}
         timings.prefill = time.perf_counter() - start
@@ -210,15 +227,16 @@ class Runtime:
 
     def generate(self, inputs: dict[str, np.ndarray], *, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, span: bool = False, ignore_eos: bool = False,
-                 on_token: Callable[[int, int], None] | None = None) -> Generation:
+                 on_token: Callable[[int, int], None] | None = None, plan: Plan | None = None) -> Generation:
         """Generate up to ``max_new_tokens`` for every prompt of ``inputs`` (see the module).
-        ``ignore_eos`` runs all ``max_new_tokens`` steps (benchmarks)."""
+        ``ignore_eos`` runs all ``max_new_tokens`` steps (benchmarks). ``plan``: the plan a
+        routable prefill applies to this call (None: vanilla)."""
         if max_new_tokens < 1:
             raise VskipError("--max-new-tokens must be at least 1")
         if temperature < 0 or not 0 < top_p <= 1:
             raise VskipError("--temperature must be >= 0 and --top-p in (0, 1]")
         timings = Timings()
-        feeds, positions, visual = self.prefill_feeds(inputs, span, timings)
+        feeds, positions, visual = self.prefill_feeds(inputs, span, timings, plan)
         self._check_positions(positions, max_new_tokens)
         rng = np.random.default_rng(seed)
         eos = set() if ignore_eos else set(self.sidecar.eos_token_ids or ())
@@ -257,7 +275,8 @@ class Runtime:
             outputs, cache = self.decode.run_kept(step_feeds, tuple(self.cache_names))
             timings.steps += 1
         timings.decode = time.perf_counter() - start
-        return Generation(tokens, visual, timings, plan=self.plan_description)
+        description = _describe(plan) if plan is not None else self.plan_description
+        return Generation(tokens, visual, timings, plan=description)
 
 
 def generate(export_dir: str | Path, inputs: dict[str, np.ndarray], *, compiled: str | Path | None = None,
@@ -313,11 +332,13 @@ def _choose(logits: np.ndarray, temperature: float, top_p: float, rng: np.random
 def _plan_description(path: Path) -> str | None:
     from ..core.graph_io import load_graph, recorded_plan
 
+    plan = recorded_plan(load_graph(path, weights_needed=False), path)
+    return None if plan is None else _describe(plan)
+
+
+def _describe(plan: Plan) -> str:
     from ..bench.report import action_counts
 
-    plan = recorded_plan(load_graph(path, weights_needed=False), path)
-    if plan is None:
-        return None
     return ", ".join(f"{n} {a}" for a, n in action_counts(plan).items()) + f" of {plan.num_layers} layers"
 
 

@@ -9,6 +9,7 @@ the sidecar lists them. transformers loads them from the export directory only
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,21 +22,21 @@ MAX_IMAGE_PIXELS = 64 * 2**20
 MAX_IMAGE_BYTES = 256 * 2**20
 
 
-def load_processor(runtime):
-    """The export's processor, or None where the export has none."""
-    sidecar = runtime.sidecar
+def load_processor(directory: Path, sidecar):
+    """The processor of the export in ``directory`` (its ``sidecar`` lists the files), or
+    None where the export has none."""
     if not sidecar.processor:
         return None
     for name in sidecar.processor:
-        input_file(runtime.directory / name, "processor file", MAX_IMAGE_BYTES)
+        input_file(directory / name, "processor file", MAX_IMAGE_BYTES)
     from ..models.processors import load_processor as load
 
     try:
-        return load(str(runtime.directory))
+        return load(str(directory))
     except VskipError:
         raise
     except Exception as exc:  # transformers raises many types for a bad processor file
-        raise VskipError(f"{runtime.directory}: cannot load the export's processor: {one_line(exc)}") from None
+        raise VskipError(f"{directory}: cannot load the export's processor: {one_line(exc)}") from None
 
 
 def load_image(path: str):
@@ -55,7 +56,7 @@ def load_image(path: str):
         raise VskipError(f"{path}: not a readable image ({one_line(exc)})") from None
 
 
-def processor_inputs(processor, prompts: list[str], images: list[str], runtime) -> tuple[dict, float]:
+def processor_inputs(processor, prompts: list[str], images: list[str]) -> tuple[dict, float]:
     """The model's inputs for ``prompts`` and the image files, and the seconds it took."""
     start = time.perf_counter()
     pictures = [load_image(path) for path in images]

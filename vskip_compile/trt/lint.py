@@ -59,7 +59,7 @@ from ..core.files import MAX_GRAPH_BYTES, escape, external_data, external_tensor
 from ..core.graph_io import load_graph
 from ..core.shapes import shape_table
 from . import support
-from .profiles import DIM_NAMES, ROW_INPUT_KINDS, ProfileLimits
+from .profiles import DIM_NAMES, ProfileLimits, row_input_kind
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 DATA_DEPENDENT = {
@@ -502,7 +502,7 @@ def _at_max_shape(model: onnx.ModelProto, limits: ProfileLimits,
         for axis, dim in enumerate(info.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value >= 0:
                 continue
-            kind = (ROW_INPUT_KINDS.get(info.name) if axis == 0 else None) or known.get(dim.dim_param)
+            kind = (row_input_kind(info.name) if axis == 0 else None) or known.get(dim.dim_param)
             if kind is None:
                 unbounded.append(f"{escape(info.name)}[{axis}]" + (f" ({escape(dim.dim_param)})" if dim.dim_param else ""))
                 continue

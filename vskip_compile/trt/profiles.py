@@ -20,13 +20,17 @@ input itself:
     text_rows     1     opt_seq - opt_visual_rows  max_seq        vskip_text_rows (S - V rows)
     suffix_rows   1     opt_seq - opt_visual_rows  max_seq        vskip_suffix_rows (rows after the last
                                                                   visual one)
+    routed_rows   1     opt_seq                    max_seq        a routable graph's per-layer rows
+                                                                  (vskip_layer{i}_attention_rows, ..._ffn_rows)
 
 The minimum is the smallest prompt a graph runs: one text row and no image (a compiled
 graph then updates every row, as the vanilla graph does; Qwen3-VL's DeepStack features are
 [L, 0, D], which ONNX Runtime runs). At least one text row is always left (the row inputs
 cannot be empty), so text rows start at 1 and reach max_seq when there is no image. The opt
 shapes are one coherent prompt: opt_seq rows of which opt_visual_rows are visual and the
-rest, all after the image, text. Static axes keep their sizes.
+rest, all after the image, text. A routable graph's layers take every row under the empty
+plan and the text rows where a plan skips: one engine serves both, so its row inputs span
+1 to max_seq, with the all-row prompt as the optimum. Static axes keep their sizes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Iterable, NamedTuple
 
 from ..core.errors import VskipError
+from ..core.routing import is_routing_input
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS
 
 # Bounds on what a profile may ask for: far above any prompt, low enough to keep every
@@ -105,7 +110,7 @@ class ProfileLimits:
         text = self.opt_seq - self.opt_visual_rows
         return {BATCH: (1, self.opt_batch, self.max_batch), SEQUENCE: (1, self.opt_seq, self.max_seq),
                 VISUAL: (0, self.opt_visual_rows, self.max_visual_rows), TEXT: (1, text, self.max_seq),
-                SUFFIX: (1, text, self.max_seq)}
+                SUFFIX: (1, text, self.max_seq), ROUTED: (1, self.opt_seq, self.max_seq)}
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -118,7 +123,8 @@ def _flag(field_name: str) -> str:
 # ------------------------------------------------------------------------ axis kinds
 
 BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX = "batch", "sequence", "visual_rows", "text_rows", "suffix_rows"
-KINDS = (BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX)
+ROUTED = "routed_rows"
+KINDS = (BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX, ROUTED)
 # What the kinds a user may name with --dim mean, for messages.
 NAMEABLE = (BATCH, SEQUENCE, VISUAL)
 
@@ -135,6 +141,11 @@ DIM_NAMES = {
 }
 # vskip's row inputs are 1-D and count their rows whatever their axis is called.
 ROW_INPUT_KINDS = {TEXT_ROWS: TEXT, SUFFIX_ROWS: SUFFIX}
+
+
+def row_input_kind(name: str) -> str | None:
+    """The kind of a vskip row input's one axis (static row sets or a routable graph's), else None."""
+    return ROW_INPUT_KINDS.get(name) or (ROUTED if is_routing_input(name) else None)
 
 
 class InputProfile(NamedTuple):
@@ -213,7 +224,7 @@ def graph_axes(graph_inputs, sidecar=None, dim_names: dict[str, str] | None = No
                 axes.append(int(name))  # a size written as a name (transformers' exporter): fixed
                 names.append(name)
                 continue
-            kind = ROW_INPUT_KINDS.get(info.name) if axis == 0 else None
+            kind = row_input_kind(info.name) if axis == 0 else None
             kind = kind or known.get(name)
             if kind is None:
                 if not name:
