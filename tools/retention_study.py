@@ -80,7 +80,7 @@ def main() -> int:
     import torch
 
     from vskip_compile.calibrate import calibrate, calibration_set, flops_cut
-    from vskip_compile.core.plan import Action, Plan
+    from vskip_compile.core.plan import Action
     from vskip_compile.evaluate import _checkpoint_side, prepare
     from vskip_compile.testbed.tasks import QUESTION_TYPES, samples
 
