@@ -799,6 +799,8 @@ class Eval(Command):
                             help="a plan per question type (per-task routing); repeat for every type")
         parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
                             help=f"samples per question type (default {DEFAULT_SAMPLES})")
+        parser.add_argument("--type", action="append", dest="types", metavar="TYPE",
+                            help="score only this question type; repeat for several (default: every type)")
         parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
                             help="which split's samples (default test)")
         parser.add_argument("--seed", type=int, default=0, help="the samples' seed (default 0)")
@@ -819,7 +821,7 @@ class Eval(Command):
         routes = task_plans(args.plan_for)
         report = Report(args.json, [args.plan, args.compiled, *routes.values()], args.force)
         result = evaluate(args.source, plan=args.plan, compiled=args.compiled, plan_for=routes, backend=args.backend,
-                          samples_per_type=args.samples, split=args.split, seed=args.seed,
+                          samples_per_type=args.samples, split=args.split, seed=args.seed, question_types=args.types,
                           batch_size=args.batch_size, threads=check_threads(args.threads),
                           progress=None if report.to_stdout else _progress)
         report.table(result.table())

@@ -180,6 +180,9 @@ def evaluate(source: str | Path, *, plan: str | Path | None = None, compiled: st
     if samples_per_type < 1 or batch_size < 1:
         raise VskipError("--samples and --batch-size must be at least 1")
     types = tuple(question_types or QUESTION_TYPES)
+    unknown = [t for t in types if t not in QUESTION_TYPES]
+    if unknown:
+        raise VskipError(f"--type {unknown[0]}: not a question type ({', '.join(QUESTION_TYPES)})")
     if plan_for:
         if plan is not None:
             raise VskipError("give --plan (one plan) or --plan-for (one per question type), not both")

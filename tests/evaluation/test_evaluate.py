@@ -105,3 +105,6 @@ def test_refusals(testbed_export, plans, tmp_path, capsys):
     refused([export, "--plan-for", f"shape={plans['early']}"], "not a question type")
     refused([export, "--compiled", export / "prefill.onnx", "--plan", plans["early"]], "not a routable graph")
     refused([VQA, "--plan", "vskip_compile/plans/example_tiny.json"], "plan was made for")
+    refused([VQA, "--type", "shape"], "--type shape: not a question type")
+    only = _eval(tmp_path, VQA, "--type", "digit", "--plan", plans["late"])
+    assert set(only["question_types"]) == {"digit", "all"} and len(only["answers"]) == int(SAMPLES)
