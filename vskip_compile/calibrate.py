@@ -110,13 +110,15 @@ class Scorer:
         return right / self.samples.size
 
 
-def flops_cut(dims: dict, plan: Plan, visual_rows: Sequence[np.ndarray]) -> float:
-    """1 - FLOPs(plan) / FLOPs(vanilla), summed over the samples' own token mixes."""
+def flops_cut(dims: dict, plan: Plan | Sequence[Plan], visual_rows: Sequence[np.ndarray]) -> float:
+    """1 - FLOPs(plan) / FLOPs(vanilla), summed over the samples' own token mixes; ``plan``
+    is one plan for every sample or one per sample (per-task routing)."""
     from .flops import analytic_flops
 
-    vanilla = Plan.empty(plan.num_layers)
+    plans = [plan] * len(visual_rows) if isinstance(plan, Plan) else list(plan)
+    vanilla = Plan.empty(plans[0].num_layers)
     full = sum(analytic_flops(dims, vanilla, rows) for rows in visual_rows)
-    return 1.0 - sum(analytic_flops(dims, plan, rows) for rows in visual_rows) / full
+    return 1.0 - sum(analytic_flops(dims, p, rows) for p, rows in zip(plans, visual_rows)) / full
 
 
 def merged(plan: Plan, layer: int, option: Action) -> Plan:
@@ -311,13 +313,12 @@ def calibrate_checkpoint(source: str, task: str, samples: int, method: str, *, s
     """:func:`calibrate` on ``samples`` validation samples of the testbed task's question
     type ``task`` (``all``: every type, for one shared plan), for the checkpoint SOURCE in
     PyTorch. Returns the calibration and what was calibrated (model, task, samples)."""
-    from .evaluate import _checkpoint_side, prepare
+    from .evaluate import _checkpoint_side, check_counts, prepare
     from .testbed.tasks import QUESTION_TYPES, samples as draw
 
     if task != "all" and task not in QUESTION_TYPES:
         raise VskipError(f"unknown task {task!r}: choose a question type ({', '.join(QUESTION_TYPES)}) or all")
-    if samples < 1 or batch_size < 1:
-        raise VskipError("--samples and --batch-size must be at least 1")
+    check_counts(samples, batch_size)
     answers, dims, processor, image_token, family, layers, name = _checkpoint_side(source, None)
     loaded = answers["vanilla"].loaded
     types = QUESTION_TYPES if task == "all" else (task,)

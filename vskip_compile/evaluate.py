@@ -39,6 +39,16 @@ from .core.plan import Plan
 
 DEFAULT_SAMPLES = 50  # per question type
 DEFAULT_BATCH = 32
+# Far beyond any split a study needs; each sample is an image and a processed prompt in memory.
+MAX_SAMPLES = 100_000
+MAX_BATCH = 4096
+
+
+def check_counts(samples: int, batch_size: int) -> None:
+    """--samples and --batch-size in range, before anything is drawn or loaded."""
+    if not 1 <= samples <= MAX_SAMPLES or not 1 <= batch_size <= MAX_BATCH:
+        raise VskipError(f"--samples must be in 1-{MAX_SAMPLES} and --batch-size in 1-{MAX_BATCH}, got "
+                         f"{samples} and {batch_size}")
 
 
 @dataclass
@@ -177,8 +187,7 @@ def evaluate(source: str | Path, *, plan: str | Path | None = None, compiled: st
     """Score SOURCE on the testbed task (module docstring)."""
     from .testbed.tasks import QUESTION_TYPES, samples
 
-    if samples_per_type < 1 or batch_size < 1:
-        raise VskipError("--samples and --batch-size must be at least 1")
+    check_counts(samples_per_type, batch_size)
     types = tuple(question_types or QUESTION_TYPES)
     unknown = [t for t in types if t not in QUESTION_TYPES]
     if unknown:
@@ -211,13 +220,15 @@ def evaluate(source: str | Path, *, plan: str | Path | None = None, compiled: st
         if plans is not None:
             say(f"answers under the plan{'s' if plan_for else ''} on {answer['planned'].backend}")
             planned = answer["planned"](prepared, plans)
+    from .calibrate import flops_cut
+
     sample_types = [s.question_type for s in drawn]
     cuts, description = {}, None
     if plans is not None:
         for kind in (*types, "all"):
             picked = [i for i, t in enumerate(sample_types) if kind in ("all", t)]
-            cuts[kind] = _flops_cut(dims, plans, [sample_types[i] for i in picked],
-                                    [prepared.visual_rows[i] for i in picked])
+            cuts[kind] = flops_cut(dims, [plans[sample_types[i]] for i in picked],
+                                   [prepared.visual_rows[i] for i in picked])
         description = "; ".join(f"{t}: {_describe(plans[t])}" for t in types) if plan_for else _describe(plans[types[0]])
     return Evaluation(name, answer["vanilla"].backend, split, types, sample_types, prepared.answers.tolist(),
                       vanilla.tolist(), None if planned is None else planned.tolist(), description, cuts)
@@ -254,19 +265,10 @@ def _plans(plan, compiled, plan_for, types, family: str, layers: int, planned) -
     return dict.fromkeys(types, recorded)
 
 
-def _flops_cut(dims: dict, plans: dict, types: list[str], visual_rows: list[np.ndarray]) -> float:
-    """1 - FLOPs / vanilla FLOPs over samples that each run their type's plan."""
-    from .flops import analytic_flops
-
-    layers = next(iter(plans.values())).num_layers
-    vanilla = sum(analytic_flops(dims, Plan.empty(layers), rows) for rows in visual_rows)
-    return 1.0 - sum(analytic_flops(dims, plans[t], rows) for t, rows in zip(types, visual_rows)) / vanilla
-
-
 def _describe(plan: Plan) -> str:
-    from .bench.report import action_counts
+    from .bench.report import describe_plan
 
-    return ", ".join(f"{n} {a}" for a, n in action_counts(plan).items()) + f" of {plan.num_layers} layers"
+    return describe_plan(plan)
 
 
 def _checkpoint_side(source: str, backend: str | None):

@@ -106,5 +106,9 @@ def test_refusals(testbed_export, plans, tmp_path, capsys):
     refused([export, "--compiled", export / "prefill.onnx", "--plan", plans["early"]], "not a routable graph")
     refused([VQA, "--plan", "vskip_compile/plans/example_tiny.json"], "plan was made for")
     refused([VQA, "--type", "shape"], "--type shape: not a question type")
+    refused([VQA, "--samples", "10000000000"], "--samples must be in 1-100000")
+    assert main(["calibrate", VQA, "--task", "digit", "--samples", "0", "--layers", "1", "-o",
+                 str(tmp_path / "p.json")]) == 2 and not (tmp_path / "p.json").exists()
+    assert "--samples must be in 1-100000" in capsys.readouterr().err
     only = _eval(tmp_path, VQA, "--type", "digit", "--plan", plans["late"])
     assert set(only["question_types"]) == {"digit", "all"} and len(only["answers"]) == int(SAMPLES)

@@ -70,6 +70,11 @@ def action_counts(plan: Plan) -> dict[str, int]:
     return {a.value: plan.actions.count(a) for a in Action if plan.actions.count(a)}
 
 
+def describe_plan(plan: Plan) -> str:
+    """'1 full, 2 freeze of 3 layers': a plan in one phrase, for reports."""
+    return ", ".join(f"{n} {a}" for a, n in action_counts(plan).items()) + f" of {plan.num_layers} layers"
+
+
 # ----------------------------------------------------------------------------- machine
 
 def machine_info() -> dict:

@@ -337,9 +337,9 @@ def _plan_description(path: Path) -> str | None:
 
 
 def _describe(plan: Plan) -> str:
-    from ..bench.report import action_counts
+    from ..bench.report import describe_plan
 
-    return ", ".join(f"{n} {a}" for a, n in action_counts(plan).items()) + f" of {plan.num_layers} layers"
+    return describe_plan(plan)
 
 
 @contextlib.contextmanager
