@@ -819,7 +819,8 @@ class Eval(Command):
         from .runtime.cli import task_plans
 
         routes = task_plans(args.plan_for)
-        report = Report(args.json, [args.plan, args.compiled, *routes.values()], args.force)
+        report = Report(args.json, [args.plan, args.compiled, *routes.values(), *_source_files(args.source)],
+                        args.force)
         result = evaluate(args.source, plan=args.plan, compiled=args.compiled, plan_for=routes, backend=args.backend,
                           samples_per_type=args.samples, split=args.split, seed=args.seed, question_types=args.types,
                           batch_size=args.batch_size, threads=check_threads(args.threads),
@@ -827,6 +828,17 @@ class Eval(Command):
         report.table(result.table())
         report.emit(result.to_dict())
         return 0
+
+
+def _source_files(source: str) -> list[Path]:
+    """The files of a checkpoint or export directory SOURCE reads: no output may replace
+    one of them, --force or not (a tiny preset has none)."""
+    from .models.loading import checkpoint_directory
+
+    directory = checkpoint_directory(source)
+    if directory is None or not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.is_file()]
 
 
 class Calibrate(Command):
@@ -880,7 +892,7 @@ class Calibrate(Command):
             from .flops.plot import require_matplotlib
 
             require_matplotlib()
-        report = Report(args.json, [], args.force)
+        report = Report(args.json, _source_files(args.model), args.force)
         report.outputs.claim(args.output, "plan")
         if args.heatmap:
             report.outputs.claim(args.heatmap, "heatmap")

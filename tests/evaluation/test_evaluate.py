@@ -107,6 +107,10 @@ def test_refusals(testbed_export, plans, tmp_path, capsys):
     refused([VQA, "--plan", "vskip_compile/plans/example_tiny.json"], "plan was made for")
     refused([VQA, "--type", "shape"], "--type shape: not a question type")
     refused([VQA, "--samples", "10000000000"], "--samples must be in 1-100000")
+    sidecar = export / "vskip.json"
+    before = sidecar.read_bytes()
+    assert main(["eval", str(export), "--json", str(sidecar), "--force"]) == 2, "an input is never an output"
+    assert sidecar.read_bytes() == before and "vskip.json" in capsys.readouterr().err
     assert main(["calibrate", VQA, "--task", "digit", "--samples", "0", "--layers", "1", "-o",
                  str(tmp_path / "p.json")]) == 2 and not (tmp_path / "p.json").exists()
     assert "--samples must be in 1-100000" in capsys.readouterr().err
