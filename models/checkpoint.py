@@ -16,7 +16,8 @@ nothing but ``config.json`` and the safetensors headers (a few KiB per file):
 3. Every header parsed here (:func:`read_header`) by the rules the safetensors library
    applies, so that nothing it would refuse gets through: a bounded length, JSON, known
    dtypes, shapes of non-negative integers, offsets that cover the data exactly.
-4. Memory: the tensors in fp32 (what vskip loads) must fit :func:`available_memory`.
+4. Memory: the tensors in the type they are loaded in (fp32 unless the export asks for
+   fp16/bf16) must fit :func:`available_memory`.
 5. The architecture, built on the meta device (no memory; bounded in time by step 1), must
    find every tensor it expects, with its shape, floating parameters from F16/BF16/F32/F64,
    and no tensor it does not expect (:func:`match_tensors`).
@@ -125,8 +126,9 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
 
 
-def inspect_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Check the checkpoint directory ``path`` (see the module docstring); one-line errors."""
+def inspect_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> Checkpoint:
+    """Check the checkpoint directory ``path`` (see the module docstring), to be loaded in
+    ``dtype`` (a sidecar dtype name: its floating tensors take that type); one-line errors."""
     path = Path(path)
     if not path.exists():
         raise VskipError(f"{path}: no such file or directory (expected a checkpoint directory or 'tiny:<model_type>')")
@@ -141,7 +143,9 @@ def inspect_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     files = weight_files(path)
     tensors = read_headers(files)
-    check_memory(sum(t.numel * 4 for t in tensors.values()), path, f"its {len(tensors)} tensors")
+    width = LOAD_WIDTH[dtype]
+    check_memory(sum(t.numel * (width if DTYPES[t.dtype][1] == "float" else DTYPES[t.dtype][0])
+                     for t in tensors.values()), path, f"its {len(tensors)} tensors", dtype)
     if (path / "generation_config.json").exists():  # from_pretrained reads it too
         read_json(path / "generation_config.json", "generation config")
 
@@ -150,7 +154,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> Checkpoint:
     check_config(config.to_dict(), path / "config.json")  # sizes the config class derives
     model = build_on_meta(cls, config, path)
     match_tensors(model, tensors, path)
-    check_memory(model_bytes(model), path, f"the {cls.__name__} it describes")
+    check_memory(model_bytes(model, width), path, f"the {cls.__name__} it describes", dtype)
     return Checkpoint(path, family, config, files, tensors)
 
 
@@ -480,23 +484,29 @@ def _patterns(patterns) -> re.Pattern | None:
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
 
 
-def model_bytes(model) -> int:
-    """Bytes ``model`` takes once loaded in fp32: parameters (tied ones once) and buffers."""
+#: Bytes per element of a floating tensor loaded in each sidecar dtype.
+LOAD_WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def model_bytes(model, width: int = 4) -> int:
+    """Bytes ``model`` takes once loaded with ``width``-byte floats (4: fp32): parameters
+    (tied ones once) and buffers."""
     tied = set(getattr(model, "all_tied_weights_keys", {}))
     total = 0
     for name, tensor in model.named_parameters():
         if name not in tied:
-            total += tensor.numel() * (4 if tensor.is_floating_point() else tensor.element_size())
+            total += tensor.numel() * (width if tensor.is_floating_point() else tensor.element_size())
     for _, tensor in model.named_buffers():
         total += tensor.numel() * tensor.element_size()
     return total
 
 
-def check_memory(needed: int, path: Path, what: str) -> None:
+def check_memory(needed: int, path: Path, what: str, dtype: str = "float32") -> None:
     available = available_memory()
     if needed > available:
-        raise VskipError(f"{path}: loading {what} in fp32 needs {_size(needed)} of memory, but {_size(available)} is "
-                         "available")
+        hint = "" if dtype != "float32" else " (--dtype bfloat16 or float16 loads it in half the memory)"
+        raise VskipError(f"{path}: loading {what} in {dtype} needs {_size(needed)} of memory, but {_size(available)} "
+                         f"is available{hint}")
 
 
 def check_loading_info(info: dict, path: Path, model_name: str) -> None:

@@ -79,7 +79,7 @@ def load_model(source: str, seed: int = 0, dtype: str = "float32") -> LoadedMode
         return LoadedModel(family, model.eval(), source, seed)
 
     path = checkpoint_directory(source)
-    checkpoint = inspect_checkpoint(path)
+    checkpoint = inspect_checkpoint(path, dtype)
     cls = checkpoint.family.model_class()
     # The checked config, and safetensors only: nothing from_pretrained could reach beyond
     # what inspect_checkpoint read. Mismatched shapes come back in the loading info (one

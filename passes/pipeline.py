@@ -72,13 +72,16 @@ class Pass(Protocol):
         """Rewrite ``structure.graph`` in place as ``plan`` says; report per layer."""
 
 
-def default_passes(causal_blocks: int = 0) -> list[Pass]:
+def default_passes(causal_blocks: int = 0, hidden_states: bool = False) -> list[Pass]:
     """The passes ``compile`` runs, in order; ``causal_blocks`` >= 2 adds the opt-in
-    causal blocking (passes/causal_blocks.py) after the skip pass."""
+    causal blocking (passes/causal_blocks.py) after the skip pass; ``hidden_states`` puts
+    the hidden-state taps (passes/hidden_states.py) first, so they follow every rewrite."""
+    from .hidden_states import ExposeHiddenStates
     from .nan_guard import MoveNanGuard
     from .skip_visual import SkipVisualRows
 
-    passes: list[Pass] = [MoveNanGuard(), SkipVisualRows()]
+    passes: list[Pass] = [ExposeHiddenStates()] if hidden_states else []
+    passes += [MoveNanGuard(), SkipVisualRows()]
     if causal_blocks:  # CausalBlocks refuses a count outside 2-64 (VskipError, one line)
         from .causal_blocks import CausalBlocks
 

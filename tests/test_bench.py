@@ -133,6 +133,19 @@ def test_workdir_gets_one_copy_of_external_weights(exported, tmp_path):
     assert [c["graph"] for c in result["configs"]] == [str(work / "prefill.vanilla.onnx"),
                                                        str(work / "prefill.example_tiny.onnx"),
                                                        str(work / "prefill.plan1.onnx")]
+    # Run again into the same workdir: every graph is compiled to the same bytes, so engines
+    # built for the first run's graphs still match them (bench --engines checks the sha256).
+    first = {p.name: p.read_bytes() for p in work.iterdir()}
+    run_bench(source / "prefill.onnx", plans, visual=SMALL, warmup=0, rounds=1, workdir=work, force=True)
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == first
+
+
+def test_engines_need_the_trt_backend_and_a_workdir(exported, tmp_path):
+    model = exported("qwen2_vl") / "prefill.onnx"
+    with pytest.raises(VskipError, match="--engines runs prebuilt TensorRT engines: it goes with --backend trt"):
+        run_bench(model, [], visual=SMALL, engines=True)
+    with pytest.raises(VskipError, match="keep them with --workdir DIR, build an engine for each graph there"):
+        run_bench(model, [], visual=SMALL, backends=["trt"], engines=True)
 
 
 def test_the_vanilla_config_is_the_empty_plan_compile(exported, tmp_path):

@@ -3,6 +3,7 @@
     python tools/make_checkpoint.py -o /tmp/qwen2vl-0.5b            # Qwen2-0.5B-sized decoder
     vskip export /tmp/qwen2vl-0.5b -o /tmp/qwen2vl-0.5b-onnx
     python tools/make_checkpoint.py -o /tmp/qwen2vl-0.5b-bf16 --dtype bfloat16   # stored as released
+    python tools/make_checkpoint.py -o /tmp/qwen2vl-7b --preset qwen2-7b --dtype bfloat16   # 15 GB, 15 GiB RSS
 
 The decoder has the dimensions of Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV
 heads, FFN 4864, vocab 151936) inside a Qwen2-VL with a tiny vision tower: the workload
@@ -25,6 +26,10 @@ PRESETS = {
     "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                        num_key_value_heads=2, vocab_size=151936, rope_scaling={"type": "mrope",
                                                                                "mrope_section": [16, 24, 24]}),  # head_dim 128
+    # Qwen2-VL-7B's decoder: 7.6 B parameters, its LM head not tied to the embedding table.
+    "qwen2-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                     rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),  # head_dim 128
 }
 
 
@@ -43,8 +48,8 @@ def main(argv=None) -> int:
 
     from vskip_compile.models.families.tiny import perturb_constant_parameters
 
-    text = dict(PRESETS[args.preset], max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645,
-                tie_word_embeddings=True)
+    text = dict(dict(tie_word_embeddings=True), **PRESETS[args.preset], max_position_embeddings=32768,
+                bos_token_id=151643, eos_token_id=151645)
     if args.layers:
         text["num_hidden_layers"] = args.layers
     config = Qwen2VLConfig(
@@ -52,13 +57,15 @@ def main(argv=None) -> int:
         vision_config=dict(depth=1, embed_dim=64, hidden_size=text["hidden_size"], num_heads=2, mlp_ratio=2,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        tie_word_embeddings=True,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
     start = time.perf_counter()
     torch.manual_seed(args.seed)
+    # Built in the stored type: a 7B model in fp32 would need 30 GB before any conversion.
+    torch.set_default_dtype(getattr(torch, args.dtype))
     model = Qwen2VLForConditionalGeneration(config).eval()
     perturb_constant_parameters(model, torch.Generator().manual_seed(args.seed))
-    model.to(getattr(torch, args.dtype)).save_pretrained(args.output)
+    model.save_pretrained(args.output)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output}: {params / 1e6:.0f} M parameters in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)

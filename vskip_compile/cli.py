@@ -96,7 +96,11 @@ def add_profile(parser, opt: bool) -> None:
     parser.add_argument("--max-seq", type=int, metavar="N", help=f"largest prompt, in rows (default {d.max_seq})")
     parser.add_argument("--max-visual-rows", type=int, metavar="N",
                         help=f"most visual rows in a prompt (default {d.max_visual_rows}, at most --max-seq)")
+    parser.add_argument("--max-images", type=int, metavar="N",
+                        help=f"most images a vision graph takes at once (default {d.max_images})")
     if opt:
+        parser.add_argument("--opt-images", type=int, metavar="N",
+                            help=f"the images TensorRT tunes a vision graph for (default {d.opt_images})")
         parser.add_argument("--opt-batch", type=int, metavar="N",
                             help=f"the batch TensorRT tunes for (default {d.opt_batch})")
         parser.add_argument("--opt-seq", type=int, metavar="N",
@@ -114,8 +118,14 @@ def profile_limits(args):
     from .trt.profiles import ProfileLimits, parse_dim_names
 
     given = {k: getattr(args, k, None) for k in ("max_batch", "max_seq", "max_visual_rows", "opt_batch", "opt_seq",
-                                                  "opt_visual_rows")}
+                                                  "opt_visual_rows", "max_images", "opt_images")}
     return ProfileLimits.within(**given).check(), parse_dim_names(args.dim)
+
+
+def add_engines(parser, which: str) -> None:
+    parser.add_argument("--engines", action="store_true",
+                        help=f"with --backend trt: run the engine `vskip build` wrote beside {which} (GRAPH.engine, "
+                             "checked to be built from that graph) instead of building one in memory")
 
 
 def add_force(parser, what: str) -> None:
@@ -310,6 +320,9 @@ class Compile(Command):
                                  "OUT.flops.json and a per-layer plot OUT.flops.png")
         add_rows(parser, "--report")
         add_causal_blocks(parser)
+        parser.add_argument("--hidden-states", action="store_true",
+                            help="also output every layer's residual stream (hidden_states.{i}), for vskip validate "
+                                 "--per-layer; not for deployment (one [B, S, D] output per layer)")
         add_target(parser, "after writing OUT.onnx, lint it for this TensorRT as `vskip lint` does (default profile "
                            "limits), print the findings and exit 1 if there are any; OUT.onnx is written either way")
         add_json(parser, "the compile report (layers, passes, nodes)")
@@ -329,6 +342,9 @@ class Compile(Command):
         if not args.report and (args.rows, args.visual_rows) != (None, None):
             raise VskipError("--rows and --visual-rows describe the --report workload; add --report")
         visual = workload(args) if args.report else None
+        if args.report and args.hidden_states:
+            raise VskipError("--report counts FLOPs, and the FLOPs counter cannot tell per-layer hidden-state outputs "
+                             "from the LM head; drop --report or --hidden-states")
         if args.report and args.causal_blocks:
             raise VskipError("--report counts FLOPs, and the FLOPs counter does not count causally blocked "
                              "graphs yet; drop --report or --causal-blocks")
@@ -349,7 +365,8 @@ class Compile(Command):
             return files + ([Path(args.json)] if args.json not in (None, "-") else [])
 
         report = compile_model(args.model, args.plan, args.output, force=args.force, progress=_progress,
-                               extra_outputs=extra_outputs, causal_blocks=args.causal_blocks, routable=args.routable)
+                               extra_outputs=extra_outputs, causal_blocks=args.causal_blocks, routable=args.routable,
+                               hidden_states=args.hidden_states)
         _progress(report.table)
         for result in report.passes:
             _progress(result.counts())
@@ -554,6 +571,7 @@ class Bench(Command):
         parser.add_argument("--routable", action="store_true",
                             help="also time one routable graph (vskip-compile --routable) fed the empty plan and "
                                  "every --plan, against the vanilla and static graphs")
+        add_engines(parser, "every graph in --workdir (from an earlier run, compiled again to the same bytes)")
         add_json(parser, "the full result")
         parser.add_argument("--markdown", metavar="PATH", help="write a section for docs/benchmarks.md ('-': stdout)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -587,7 +605,7 @@ class Bench(Command):
                            json_path=None if files["json"] == "-" else files["json"],
                            markdown_path=None if files["markdown"] == "-" else files["markdown"],
                            compiled_graphs=args.compiled, force=args.force, causal_blocks=args.causal_blocks,
-                           routable=args.routable)
+                           routable=args.routable, engines=args.engines)
         if "-" in files.values():
             sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.json == "-" else to_markdown(result))
         else:
@@ -603,7 +621,7 @@ class Bench(Command):
         given = [flag for flag, value in (("--rows", args.rows), ("--visual-rows", args.visual_rows),
                                           ("--compiled", args.compiled), ("--sidecar", args.sidecar),
                                           ("--causal-blocks", args.causal_blocks), ("--markdown", args.markdown),
-                                          ("--routable", args.routable))
+                                          ("--routable", args.routable), ("--engines", args.engines))
                  if value]
         if given:
             raise VskipError(f"{', '.join(given)} do(es) not apply with --e2e (the prompt comes from --inputs or "
@@ -760,6 +778,7 @@ class Generate(Command):
         parser.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
         parser.add_argument("--profile", action="store_true", help="print the time of each stage")
         add_backend(parser)
+        add_engines(parser, "the export's graphs and --compiled (vision, prefill, decode)")
         parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
         add_json(parser, "the tokens, text and timings")
         add_force(parser, "the --json file")
@@ -974,19 +993,23 @@ class Build(Command):
     The engine is strongly typed (its precision is the graph's), parsed from the file so
     external weights load, with one optimization profile for every dynamic input: batch
     and sequence axes, Qwen3-VL's DeepStack visual rows, a compiled graph's row inputs
-    (1 to --max-seq rows). --print-profiles shows that profile and exits, without TensorRT.
+    (1 to --max-seq rows); a decode graph's cache (one new token on a context of up to
+    --max-seq rows); a vision graph's images (--max-images) or image tokens
+    (--max-visual-rows). --print-profiles shows that profile and exits, without TensorRT.
     Building needs TensorRT and an NVIDIA GPU (pip install 'vskip[trt]'); run the engine
     with --backend trt (run, validate, bench).
 
     Example:
       vskip build out/q2/prefill.onnx --print-profiles --max-seq 2048
       vskip build out/q2/compiled.onnx -o out/q2/compiled.engine --max-seq 2048 --timing-cache out/trt.cache
+      vskip build out/q2/decode.onnx --max-seq 2048 --timing-cache out/trt.cache
     """
 
     name = "build"
 
     def add_arguments(self, parser):
-        parser.add_argument("graph", metavar="GRAPH.onnx", help="a prefill graph vskip exported or compiled")
+        parser.add_argument("graph", metavar="GRAPH.onnx", help="a graph vskip exported (prefill, decode, vision) "
+                                                                "or compiled")
         parser.add_argument("-o", "--output", metavar="ENGINE", help="the engine (default: GRAPH.engine beside "
                                                                      "GRAPH); its sidecar is ENGINE.json")
         add_profile(parser, opt=True)

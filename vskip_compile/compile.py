@@ -93,13 +93,14 @@ def default_output(model_path: str | Path, routable: bool = False) -> Path:
 def compile_model(model_path: str | Path, plan: str | Path | Plan | None, output: str | Path | None = None,
                   force: bool = False, progress: Callable[[str], None] | None = None,
                   extra_outputs: Callable[[Path], list[Path]] | None = None,
-                  causal_blocks: int = 0, routable: bool = False) -> CompileReport:
+                  causal_blocks: int = 0, routable: bool = False, hidden_states: bool = False) -> CompileReport:
     """Compile ``model_path`` with ``plan`` (a plan file or a Plan) into ``output``.
 
     ``causal_blocks`` >= 2 also cuts full-query attention cores into that many causal
     query chunks (:mod:`passes.causal_blocks`; 0: off). ``routable``: no plan (``plan``
     None), every layer's rows become inputs (see the module docstring); refused with
-    ``causal_blocks``.
+    ``causal_blocks``. ``hidden_states``: also expose every layer's output as the graph
+    output ``hidden_states.{i}`` (:mod:`passes.hidden_states`, for ``validate --per-layer``).
     ``extra_outputs(output)`` names further files the caller will write for this output
     (the --report files): they are claimed, so refused, before any work is done.
     """
@@ -117,7 +118,10 @@ def compile_model(model_path: str | Path, plan: str | Path | Plan | None, output
         # row set, so no core can be proven to keep a causal chunk structure.
         raise VskipError("--causal-blocks does not apply to a routable graph, whose attention queries are "
                          "runtime rows; drop --causal-blocks (or compile the plan statically)")
-    passes = routable_passes() if routable else default_passes(causal_blocks)  # a bad count: before any I/O
+    if routable and hidden_states:
+        raise VskipError("--hidden-states applies to a static compile (its taps are checked against the reference "
+                         "under a plan); compile a routable graph without it")
+    passes = routable_passes() if routable else default_passes(causal_blocks, hidden_states)  # before any I/O
     model_path = input_file(model_path, "ONNX model", MAX_GRAPH_BYTES)
     output = Path(output) if output else default_output(model_path, routable)
     outputs = Outputs([model_path] + ([] if plan is None or isinstance(plan, Plan) else [plan]), force=force)

@@ -28,6 +28,7 @@ from .core.errors import VskipError
 from .core.plan import load_plan
 from .backends.torch_reference import to_numpy
 from .core.dtypes import SHORT
+from .core.hidden_states import hidden_state_layer
 from .core.visual_rows import ROW_INPUTS, parse_ranges, row_feeds, sequence_length, visual_rows_from_ids
 
 DEFAULT_LAYOUT = [6, "image", 5, "image", 8]
@@ -180,33 +181,45 @@ class ValidationReport:
         return json.dumps(_finite(data), indent=2)
 
     def first_failing_layer(self) -> int | None:
-        """The first layer whose present K or V fails its gate: where a drift starts."""
+        """The first layer whose present K or V, or exposed hidden state, fails its gate:
+        where a drift starts."""
         failing = [_layer_of(o.name) for o in self.outputs if not o.passes and _layer_of(o.name) is not None]
         return min(failing, default=None)
 
     def layer_table(self) -> str:
-        """One line per layer: its K and V against the fp32 model (and, for a half graph,
-        against the model in the graph's type), and where the first failure is."""
+        """One line per layer: its K and V (and its output, where the graph exposes
+        ``hidden_states.{i}``) against the fp32 model (and, for a half graph, against the
+        model in the graph's type), and where the first failure is."""
         half = self.dtype != "float32"
         by_layer: dict[int, dict] = {}
         for o in self.outputs:
             if _layer_of(o.name) is not None:
-                by_layer.setdefault(_layer_of(o.name), {})[o.name.rsplit(".", 1)[-1]] = o
+                kind = "hidden" if hidden_state_layer(o.name) is not None else o.name.rsplit(".", 1)[-1]
+                by_layer.setdefault(_layer_of(o.name), {})[kind] = o
+        hidden = any("hidden" in entry for entry in by_layer.values())
         same = {o.name: o for o in self.same_dtype}
-        lines = [f"{'layer':>5} {'K max abs':>10} {'K cosine':>10} {'V max abs':>10} {'V cosine':>10}  ok"
-                 + (f"   vs {SHORT[self.dtype]} torch: K cosine, V cosine" if half else "")]
+        lines = [f"{'layer':>5} {'K max abs':>10} {'K cosine':>10} {'V max abs':>10} {'V cosine':>10}"
+                 + (f" {'H max abs':>10} {'H cosine':>10}" if hidden else "") + "  ok"
+                 + (f"   vs {SHORT[self.dtype]} torch: K cosine, V cosine" + (", H cosine" if hidden else "")
+                    if half else "")]
         for layer in sorted(by_layer):
-            k, v = by_layer[layer].get("key"), by_layer[layer].get("value")
+            k, v, h = (by_layer[layer].get(kind) for kind in ("key", "value", "hidden"))
             if k is None or v is None:
                 continue
-            line = (f"{layer:>5} {k.max_abs:10.2e} {k.cosine:10.7f} {v.max_abs:10.2e} {v.cosine:10.7f}  "
-                    f"{'yes' if k.passes and v.passes else 'NO '}")
-            if half and k.name in same and v.name in same:
-                line += f"   {same[k.name].cosine:10.7f} {same[v.name].cosine:10.7f}"
+            shown = [k, v] + ([h] if h is not None else [])
+            line = (f"{layer:>5} {k.max_abs:10.2e} {k.cosine:10.7f} {v.max_abs:10.2e} {v.cosine:10.7f}"
+                    + (f" {h.max_abs:10.2e} {h.cosine:10.7f}" if h is not None else " " * 22 if hidden else "")
+                    + f"  {'yes' if all(o.passes for o in shown) else 'NO '}")
+            if half and all(o.name in same for o in shown):
+                line += "   " + " ".join(f"{same[o.name].cosine:10.7f}" for o in shown)
             lines.append(line)
         first = self.first_failing_layer()
-        lines.append("every layer's K/V within the gate" if first is None else
-                     f"the drift starts at layer {first}: its K/V are the first outside the gate")
+        what = "K/V and outputs" if hidden else "K/V"
+        lines.append(f"every layer's {what} within the gate" if first is None else
+                     f"the drift starts at layer {first}: its {what} are the first outside the gate")
+        if not hidden:
+            lines.append("(the graph exposes no hidden states: vskip-compile --hidden-states adds every layer's "
+                         "output, compared here too)")
         return "\n".join(lines)
 
     def table(self) -> str:
@@ -257,9 +270,12 @@ class ValidationReport:
 
 
 def _layer_of(name: str) -> int | None:
-    """The layer of a ``present.{i}.key`` / ``present.{i}.value`` output, else None."""
+    """The layer of a ``present.{i}.key`` / ``present.{i}.value`` or ``hidden_states.{i}``
+    output, else None."""
     parts = name.split(".")
-    return int(parts[1]) if len(parts) == 3 and parts[0] == "present" and parts[1].isdigit() else None
+    if len(parts) == 3 and parts[0] == "present" and parts[1].isdigit():
+        return int(parts[1])
+    return hidden_state_layer(name)
 
 
 def _finite(value):

@@ -204,8 +204,18 @@ def test_weights_larger_than_memory(ckpt, monkeypatch):
     weights = sum(t.numel() for t in _tensors(ckpt).values()) * 4
     assert weights < 2**20  # so the message counts bytes
     monkeypatch.setattr(checkpoint_module, "available_memory", lambda: weights - 1)
-    with pytest.raises(VskipError, match=f"in fp32 needs {weights} bytes of memory, but {weights - 1} bytes"):
+    with pytest.raises(VskipError, match=f"in float32 needs {weights} bytes of memory, but {weights - 1} bytes.*"
+                                         "--dtype bfloat16 or float16 loads it in half"):
         load_model(str(ckpt))
+    # Loaded in half precision, the weights take half the bytes: an 8B model in bf16 fits
+    # 24 GB, where the fp32 count refused it.
+    monkeypatch.setattr(checkpoint_module, "available_memory", lambda: weights * 3 // 4)
+    with pytest.raises(VskipError, match="in float32 needs"):
+        load_model(str(ckpt))
+    assert next(load_model(str(ckpt), dtype="bfloat16").model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(checkpoint_module, "available_memory", lambda: weights // 2 - 1)
+    with pytest.raises(VskipError, match=f"in float16 needs {weights // 2} bytes of memory"):
+        load_model(str(ckpt), dtype="float16")  # the message names the type asked for
     monkeypatch.setattr(checkpoint_module, "available_memory", lambda: weights * 2)
     load_model(str(ckpt))  # the same checkpoint loads once its fp32 weights fit
 

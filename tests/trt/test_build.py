@@ -31,7 +31,8 @@ from vskip_compile.trt import build
 from vskip_compile.trt.profiles import ProfileLimits, derive_profiles, graph_axes, parse_dim_names
 
 # Distinct numbers, so every axis shows which limit it took.
-LIMITS = ProfileLimits(max_batch=3, max_seq=96, max_visual_rows=80, opt_batch=2, opt_seq=40, opt_visual_rows=32)
+LIMITS = ProfileLimits(max_batch=3, max_seq=96, max_visual_rows=80, opt_batch=2, opt_seq=40, opt_visual_rows=32,
+                       max_images=4, opt_images=2)
 QWEN_MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 NEEDS_TRT = "needs TensorRT and an NVIDIA GPU"
 
@@ -246,8 +247,121 @@ def test_the_sidecar_must_describe_the_graph(graphs, exported, tmp_path, capsys)
         graph_axes(model.graph.input, replace(sidecar, position_rank=1), source=str(path))
     with pytest.raises(VskipError, match="gives hidden size 65"):
         graph_axes(model.graph.input, replace(sidecar, hidden_size=65), source=str(path))
+
+
+# ------------------------------------------------------------------- decode graphs
+
+def _decode_feeds(profiles, which, rng):
+    """Feeds of each decode input's ``which`` profile shape (0 min, 1 opt, 2 max): one step."""
+    feeds = {}
+    for name, profile in profiles.items():
+        shape = profile[1 + which]
+        if name == "attention_mask":
+            feeds[name] = np.ones(shape, np.int64)
+        elif name == "position_ids":  # the step's position: after the past rows
+            past = profiles["past_key_values.0.key"][1 + which][2]
+            feeds[name] = np.full(shape, past, np.int64)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decode_profiles_of_every_family(exported, family):
+    """A decode graph's unnamed axes (s10, s0, ...) are attributed by what each input is;
+    min, opt and max are each one step the graph runs: one new token on a cache one row
+    shorter than the mask (ONNX Runtime runs all three)."""
+    decode = exported(family, 20, decode=True) / "decode.onnx"
+    sidecar = read_sidecar(exported(family, 20, decode=True) / "prefill.onnx")
+    model = onnx.load(str(decode), load_external_data=False)
+    profiles = {p.name: p for p in derive_profiles(model.graph.input, sidecar, LIMITS, source=str(decode))}
+    assert list(profiles) == [i.name for i in model.graph.input]
+    d, heads, head_dim = sidecar.hidden_size, sidecar.num_key_value_heads, sidecar.head_dim
+    assert profiles["inputs_embeds"][1:] == ((1, 1, d), (2, 1, d), (3, 1, d))
+    assert profiles["attention_mask"][1:] == ((1, 2), (2, 41), (3, 96))
+    for layer in range(sidecar.num_layers):
+        for kind in ("key", "value"):
+            assert profiles[f"past_key_values.{layer}.{kind}"][1:] == (
+                (1, heads, 1, head_dim), (2, heads, 40, head_dim), (3, heads, 95, head_dim))
+    positions = profiles["position_ids"][1:]
+    assert positions == (((3, 1, 1), (3, 2, 1), (3, 3, 1)) if family in QWEN_MROPE else ((1, 1), (2, 1), (3, 1)))
+    session = open_session(decode)
+    for which, past in ((0, 1), (1, 40), (2, 95)):
+        got = session.run(_decode_feeds(profiles, which, np.random.default_rng(which)))
+        assert got["present.0.key"].shape[2] == past + 1
+        assert all(np.isfinite(v).all() for v in got.values())
+
+
+def test_decode_profiles_from_the_command_line(exported, capsys):
+    decode = str(exported("qwen2_vl", 20, decode=True) / "decode.onnx")
+    out = _ok(capsys, ["build", decode, "--print-profiles", "--max-seq", "96", "--opt-seq", "40"]).out
+    assert "past_sequence 1/40/95" in out and "context 2/41/96" in out and "new_tokens 1/1/1" in out
+    _one_line_error(capsys, ["build", decode, "--print-profiles", "--max-seq", "1"], "leaves no room for a past row")
+    # The lint bounds the same axes: nothing of the decode graph is left unbounded.
+    assert main(["lint", decode, "--target", "trt11", "--max-seq", "96", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_profiles_of_every_family(exported, family):
+    """A vision graph takes images (fixed-size families) or image tokens (Qwen): min, opt
+    and max each run on ONNX Runtime and give one feature row per token."""
+    directory = exported(family, 20, decode=True)
+    vision = directory / "vision.onnx"
+    model = onnx.load(str(vision), load_external_data=False)
+    inputs = graph_axes(model.graph.input, source=str(vision))
+    kinds = {a for i in inputs for a in i.axes if isinstance(a, str)}
+    assert kinds == ({"image_tokens"} if family in QWEN_MROPE else {"images"})
+    profiles = derive_profiles(inputs, limits=LIMITS)
+    assert [p.name for p in profiles] == [i.name for i in model.graph.input]
+    session = open_session(vision)
+    types = {s.name: s.dtype for s in session.inputs}
+    for which, count in enumerate((1, 32, 80) if "image_tokens" in kinds else (1, 2, 4)):
+        feeds = {}
+        for p in profiles:
+            shape = p[1 + which]
+            assert shape[0] == count, p
+            kind = np.dtype(types[p.name])
+            feeds[p.name] = (np.zeros(shape, kind) if kind.kind in "iub"
+                             else np.random.default_rng(which).standard_normal(shape).astype(kind))
+        features = next(iter(session.run(feeds).values()))
+        assert np.isfinite(features).all()
+        if "image_tokens" in kinds:
+            assert features.shape[0] == count
+
+
+def test_engines_are_the_files_vskip_build_writes_beside_each_graph(tmp_path):
+    """--engines (generate, bench): the trt backend gets GRAPH.engine; a missing one is one
+    line with the command that builds it; other backends are not touched."""
+    from vskip_compile.backends import engine_options
+
+    graph = tmp_path / "decode.onnx"
+    graph.write_bytes(b"")
+    trt = BACKENDS["trt"]
+    with pytest.raises(VskipError, match=f"there is no decode.engine; build it: vskip build {re.escape(str(graph))}"):
+        engine_options(trt, graph, True)
+    (tmp_path / "decode.engine").write_bytes(b"")
+    assert engine_options(trt, graph, True) == {"engine": tmp_path / "decode.engine"}
+    assert engine_options(trt, graph, False) == {} and engine_options(BACKENDS["ort-cpu"], graph, True) == {}
+
+
+def test_generate_engines_need_the_trt_backend(exported, capsys):
+    export = str(exported("qwen2_vl", 20, decode=True))
+    _one_line_error(capsys, ["generate", export, "--prompt", "hi", "--engines"], "it goes with --backend trt")
+
+
+def test_a_decode_engine_refuses_a_context_past_its_profile(exported, capsys):
     decode = exported("qwen2_vl", 20, decode=True) / "decode.onnx"
-    _one_line_error(capsys, ["build", str(decode), "--print-profiles"], "is the export's decode graph")
+    plan = build.plan_build(decode, LIMITS)
+    assert plan.decode and plan.bounds() == "batch <= 3, new_tokens <= 1, past_sequence <= 95, context <= 96"
+    info = build.parse_engine_record(build.engine_record(plan, decode.with_suffix(".engine"), "10.9.0", "0.49",
+                                                         "0" * 64, {}), "decode.engine.json", "decode.engine")
+    feeds = _decode_feeds({p.name: p for p in plan.profiles}, 2, np.random.default_rng(0))
+    check_profile(info, feeds)  # the largest step fits
+    feeds["attention_mask"] = np.ones((3, 97), np.int64)
+    with pytest.raises(VskipError, match=r"axis 1 \(context\) is 97, the engine takes 2-96; rebuild the engine "
+                                         "with a larger --max-seq"):
+        check_profile(info, feeds)
 
 
 def test_print_profiles_runs_without_tensorrt(graphs, capsys):

@@ -28,7 +28,29 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (ORT_CPU, ORT_CUDA, ORT_TRT, 
 DEFAULT = ORT_CPU.name
 
 __all__ = ["BACKENDS", "DEFAULT", "TORCH", "TORCH_SKIP", "Backend", "Description", "Session", "TensorSpec", "check_feeds",
-           "get_backend", "open_session"]
+           "check_engines", "engine_options", "get_backend", "open_session"]
+
+
+def engine_options(backend: Backend, graph: str | Path, engines: bool) -> dict:
+    """What ``backend.load`` takes to run ``graph``'s prebuilt engine (``--engines``): the
+    engine `vskip build` wrote beside it (``GRAPH.engine``) on the trt backend; nothing for
+    the other backends, or without ``engines``. A missing engine is one line naming the
+    command that builds it."""
+    if not engines or backend.name != TENSORRT.name:
+        return {}
+    from ..trt.build import default_engine_path
+
+    engine = default_engine_path(graph)
+    if not engine.is_file():
+        raise VskipError(f"{graph}: --engines runs the engine beside it, and there is no {engine.name}; build it: "
+                         f"vskip build {graph}")
+    return {"engine": engine}
+
+
+def check_engines(backends, engines: bool) -> None:
+    """``--engines`` needs the trt backend among ``backends`` (names)."""
+    if engines and TENSORRT.name not in backends:
+        raise VskipError("--engines runs prebuilt TensorRT engines: it goes with --backend trt")
 
 
 def get_backend(name: str) -> Backend:

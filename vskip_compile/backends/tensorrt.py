@@ -29,7 +29,8 @@ from ..core.dtypes import SHORT
 from ..core.errors import VskipError
 from ..core.files import Outputs, available_memory, check_threads, escape, one_line, read_bytes
 from ..core.sidecar import Sidecar
-from ..trt.profiles import BATCH, SEQUENCE, SUFFIX, TEXT, VISUAL, ProfileLimits
+from ..trt.profiles import (BATCH, CONTEXT, IMAGE_TOKENS, IMAGES, PAST, SEQUENCE, SUFFIX, TEXT, VISUAL,
+                             ProfileLimits)
 from .base import Backend, Description, Session, TensorSpec
 
 # An engine built for an ONNX graph handed to the trt backend (validate, bench): the
@@ -38,7 +39,8 @@ IN_MEMORY_LIMITS = ProfileLimits(max_batch=8)
 
 # The vskip build flag that raises each kind of axis.
 _FLAGS = {BATCH: "--max-batch", SEQUENCE: "--max-seq", VISUAL: "--max-visual-rows", TEXT: "--max-seq",
-          SUFFIX: "--max-seq"}
+          SUFFIX: "--max-seq", PAST: "--max-seq", CONTEXT: "--max-seq", IMAGES: "--max-images",
+          IMAGE_TOKENS: "--max-visual-rows"}
 def _numpy_type(name: str):
     """The numpy scalar type of a sidecar dtype name (bfloat16 through ml_dtypes); None for
     a type vskip does not name (a graph's int or bool tensors keep numpy's own names)."""

@@ -16,6 +16,7 @@ are the reference's; validate's reference is always ``torch``.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from ..core.dtypes import graph_float_type
 from ..core.errors import VskipError
 from ..core.files import Outputs, check_threads
+from ..core.hidden_states import hidden_state_layer
 from ..core.plan import Plan, Rows
 from ..core.sidecar import Sidecar, read_sidecar, sidecar_path
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask, row_inputs, sequence_length
@@ -57,15 +59,25 @@ class TorchSession(Session):
         previous = torch.get_num_threads()
         if self.threads:  # per run, so the process's own setting is left as it was
             torch.set_num_threads(self.threads)
+        hidden = [spec for spec in self.outputs if hidden_state_layer(spec.name) is not None]
+        plain = [spec for spec in self.outputs if hidden_state_layer(spec.name) is None]
+        layers = self.loaded.family.decoder_layers(self.loaded.model)
+        if any(hidden_state_layer(spec.name) >= len(layers) for spec in hidden):
+            raise VskipError(f"the graph outputs hidden states of {len(hidden)} layers but the model has {len(layers)}; "
+                             "is the model the graph's own?")
+        states: dict[int, object] = {}
         try:
-            with run_plan(self.loaded.family, self.loaded.model, self.plan, rows), torch.no_grad():
+            with run_plan(self.loaded.family, self.loaded.model, self.plan, rows), torch.no_grad(), \
+                    _layer_outputs(layers, {hidden_state_layer(spec.name) for spec in hidden}, states):
                 values = self.decoder(*tensors)
         finally:
             torch.set_num_threads(previous)
-        if len(values) != len(self.outputs):
-            raise VskipError(f"the model gives {len(values)} outputs but the graph has {len(self.outputs)}; "
+        if len(values) != len(plain):
+            raise VskipError(f"the model gives {len(values)} outputs but the graph has {len(plain)}; "
                              "is the model the graph's own?")
-        return {spec.name: to_numpy(value) for spec, value in zip(self.outputs, values)}
+        result = {spec.name: to_numpy(value) for spec, value in zip(plain, values)}
+        result.update({spec.name: to_numpy(states[hidden_state_layer(spec.name)]) for spec in hidden})
+        return {spec.name: result[spec.name] for spec in self.outputs}
 
     def _visual(self, feeds) -> np.ndarray:
         """The visual-row mask the row inputs describe (none without row inputs)."""
@@ -80,6 +92,23 @@ class TorchSession(Session):
             raise VskipError(f"{SUFFIX_ROWS}: must be every row after the last visual row "
                              f"(the rows {TEXT_ROWS} leaves out are the visual ones)")
         return visual
+
+
+@contextlib.contextmanager
+def _layer_outputs(layers, wanted: set[int], states: dict):
+    """While inside, ``states[i]`` receives decoder layer i's output (the residual stream
+    after it, what a graph's ``hidden_states.{i}`` output holds) for every i in ``wanted``."""
+    def keep(index):
+        def hook(_module, _args, output):
+            states[index] = (output[0] if isinstance(output, (tuple, list)) else output).detach().clone()
+        return hook
+
+    handles = [layers[i].register_forward_hook(keep(i)) for i in sorted(wanted)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def to_torch(array: np.ndarray, dtype):

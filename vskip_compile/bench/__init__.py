@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..backends import DEFAULT, check_feeds, get_backend
+from ..backends import DEFAULT, check_engines, check_feeds, engine_options, get_backend
 from ..core.errors import VskipError
 from ..core.files import Outputs, input_file, usable_cores
 from ..core.plan import Plan
@@ -82,7 +82,7 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
               command: str | None = None, json_path: str | Path | None = None,
               markdown_path: str | Path | None = None, progress: Callable[[str], None] | None = None,
               clock: Callable[[], float] = time.perf_counter, compiled_graphs: Sequence[str | Path] = (),
-              force: bool = False, causal_blocks: int = 0, routable: bool = False) -> dict:
+              force: bool = False, causal_blocks: int = 0, routable: bool = False, engines: bool = False) -> dict:
     """Time MODEL.onnx against each plan's compiled graph on every backend; returns the
     JSON-ready result.
 
@@ -104,6 +104,11 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     ``routable``: also compile MODEL once with ``--routable`` and time it fed the empty
     plan (config ``routable/vanilla``) and every plan (``routable/<plan>``); the result's
     ``routable`` block gives its overhead against the vanilla graph and each static graph.
+    ``engines``: on the trt backend, every config's graph runs the engine `vskip build`
+    wrote beside it (``GRAPH.engine``, checked to be built from that very graph) instead of
+    one built in memory. The graphs compiled here are then those of a ``workdir`` from an
+    earlier run (compiling is deterministic: the same plan gives the same bytes, so the
+    engines built for them still match), or ``compiled_graphs``.
     """
     model = input_file(model, "ONNX model")
     threads = default_threads() if threads is None else threads
@@ -117,6 +122,11 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
     check_blocks(causal_blocks)
     if routable and causal_blocks:
         raise VskipError("--routable and --causal-blocks do not combine: a routable graph's query rows are inputs")
+    check_engines(backends, engines)
+    if engines and workdir is None:
+        raise VskipError("--engines runs the engine built beside each graph, and the vanilla graph and every plan's are "
+                         "compiled for this run: keep them with --workdir DIR, build an engine for each graph there "
+                         "(vskip build), and run again with the same --workdir and --force")
     runners = _backends(backends)
     plan_files = [p for p in plans if not isinstance(p, Plan)]
     reports = Outputs([model, *plan_files, *compiled_graphs, *sidecar_files(model, sidecar)], force=force)
@@ -144,10 +154,10 @@ def run_bench(model: str | Path, plans: Sequence[str | Path | Plan], *, visual: 
         # Before any timing, so a failing FLOPs counter costs no benchmark time.
         ideals, ideal_source = ideal_speedups(ideal, model, dims, loaded_plans, graphs, visual, progress)
         configs, descriptions, notes = _configs(runners, vanilla_graph, loaded_plans, graphs, visual, info, threads,
-                                                seed, progress)
+                                                seed, progress, engines)
         if routable:
             configs += _routed_configs(runners, compiled[-1], [vanilla, *loaded_plans], visual, info, threads, seed,
-                                       progress)
+                                       progress, engines)
             ideals.update({routed_label(VANILLA): 1.0,
                            **{routed_label(label): ideals[label] for label, _, _ in loaded_plans}})
         measure(configs, warmup, rounds, clock, progress)
@@ -201,7 +211,7 @@ def _backends(names: Sequence[str]) -> list:
 
 def _configs(runners: list, vanilla_graph: Path, plans: list[tuple[str, Plan, str]], graphs: list[Path],
              visual: np.ndarray, info: Sidecar, threads: int, seed: int,
-             progress) -> tuple[list[Config], list[dict], dict]:
+             progress, engines: bool = False) -> tuple[list[Config], list[dict], dict]:
     """One config per backend and graph (the vanilla graph first), every session loaded
     once; the shared feeds come from the first backend's vanilla session."""
     configs, descriptions = [], []
@@ -210,7 +220,8 @@ def _configs(runners: list, vanilla_graph: Path, plans: list[tuple[str, Plan, st
         if progress:
             progress(f"loading {1 + len(graphs)} graphs on {backend.name} ({threads} threads)")
         for label, graph in [(VANILLA, vanilla_graph), *((label, g) for (label, _, _), g in zip(plans, graphs))]:
-            session = backend.load(graph, threads=threads, sidecar=info, progress=progress)
+            session = backend.load(graph, threads=threads, sidecar=info, progress=progress,
+                                   **engine_options(backend, graph, engines))
             if base is None:
                 base, notes = synthesize_feeds(session.inputs, visual, info.hidden_size, seed)
             if label == VANILLA:
@@ -249,13 +260,14 @@ def routable_overheads(configs: list[Config], labels: list[str]) -> dict:
 
 
 def _routed_configs(runners: list, graph: Path, plans: list[tuple[str, Plan, str]], visual: np.ndarray,
-                    info: Sidecar, threads: int, seed: int, progress) -> list[Config]:
+                    info: Sidecar, threads: int, seed: int, progress, engines: bool = False) -> list[Config]:
     """The routable graph, loaded once per backend, fed every plan (the vanilla one first)."""
     from ..core.routing import is_routing_input, routing_feeds
 
     configs = []
     for backend in runners:
-        session = backend.load(graph, threads=threads, sidecar=info, progress=progress)
+        session = backend.load(graph, threads=threads, sidecar=info, progress=progress,
+                               **engine_options(backend, graph, engines))
         base, _ = synthesize_feeds([s for s in session.inputs if not is_routing_input(s.name)], visual,
                                    info.hidden_size, seed)
         names = [s.name for s in session.inputs if is_routing_input(s.name)]

@@ -39,6 +39,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..core.graph_io import load_graph, recorded_causal_blocks, recorded_plan
+from ..core.hidden_states import hidden_state_layer
 from ..core.plan import Rows
 from ..core.shapes import InferredShapes, ShapeInferenceError
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask
@@ -100,6 +101,11 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
         raise FlopsError(f"{source or 'the graph'} was compiled with --causal-blocks, whose query chunks the FLOPs "
                          "counter does not count yet; count the graph compiled without it (the same products, "
                          "less the chunks' skipped keys)")
+    if any(hidden_state_layer(o.name) is not None for o in model.graph.output):
+        # The last layer's FFN, read by an output, would pass for the LM head.
+        raise FlopsError(f"{source or 'the graph'} outputs per-layer hidden states (vskip-compile --hidden-states), "
+                         "which the FLOPs counter cannot tell from the LM head; count the graph compiled without "
+                         "--hidden-states (the same products)")
     stripped = _shapes_only(model)
     _fix_input_dims(stripped, B, S, V, U, dims or {})
     graph = import_graph(stripped)

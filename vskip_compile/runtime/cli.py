@@ -30,8 +30,12 @@ def generate_command(args, progress) -> int:
     with contextlib.ExitStack() as stack:
         compiled = args.compiled
         if args.plan is not None and compiled is None:
+            if args.engines:
+                raise VskipError("--engines with --plan: the plan is compiled for this run and has no engine; "
+                                 "compile it (vskip-compile), build it (vskip build) and pass --compiled GRAPH.onnx")
             compiled = stack.enter_context(compiled_on_the_fly(args.export, args.plan, say))
-        runtime = Runtime(args.export, compiled=compiled, backend=args.backend, threads=threads)
+        runtime = Runtime(args.export, compiled=compiled, backend=args.backend, threads=threads,
+                          engines=args.engines)
         plan = _run_time_plan(args, runtime, routes)
         processor = load_processor(runtime.directory, runtime.sidecar)
         if args.inputs is not None:

@@ -93,12 +93,15 @@ class Runtime:
     """An export's graphs loaded on one backend, ready to generate.
 
     ``compiled``: a prefill graph compiled from this export's ``prefill.onnx`` (it
-    replaces it). ``backend``: one of :data:`GENERATE_BACKENDS`, or ``trt`` for engines.
+    replaces it). ``backend``: one of :data:`GENERATE_BACKENDS`, or ``trt`` for engines:
+    with ``engines`` every graph runs the engine `vskip build` wrote beside it
+    (``GRAPH.engine``, checked to be built from that graph), else each gets an engine built
+    in memory.
     """
 
     def __init__(self, export_dir: str | Path, *, compiled: str | Path | None = None, backend: str = "ort-cpu",
-                 threads: int | None = None, progress: Callable[[str], None] | None = None):
-        from ..backends import get_backend
+                 threads: int | None = None, progress: Callable[[str], None] | None = None, engines: bool = False):
+        from ..backends import check_engines, engine_options, get_backend
 
         self.directory = Path(export_dir)
         if not self.directory.is_dir():
@@ -110,6 +113,7 @@ class Runtime:
         if backend not in GENERATE_BACKENDS + ("trt",):
             raise VskipError(f"--backend {backend}: generate runs exported graphs on {', '.join(GENERATE_BACKENDS)} "
                              "or trt; the PyTorch backends run prefill graphs only")
+        check_engines((backend,), engines)
         self.backend = get_backend(backend)
         self.config = read_json(self.directory / sidecar.config, "model config", MAX_CONFIG_BYTES)
         self.table = read_table(input_file(self.directory / sidecar.embedding, "embedding table"))
@@ -121,7 +125,8 @@ class Runtime:
         def load(path: Path, what: str):
             if progress:
                 progress(f"loading {what} {path}")
-            return self.backend.load(path, threads=threads, sidecar=sidecar)
+            return self.backend.load(path, threads=threads, sidecar=sidecar,
+                                     **engine_options(self.backend, path, engines))
 
         prefill = Path(compiled) if compiled is not None else self.directory / sidecar.prefill.file
         self.prefill = load(prefill, "prefill graph")

@@ -40,7 +40,7 @@ from ..core.errors import VskipError
 from ..core.files import (MAX_GRAPH_BYTES, MAX_JSON_BYTES, Outputs, escape, input_file, one_line, open_input,
                           read_bytes, read_json)
 from ..core.sidecar import sidecar_path
-from .profiles import InputAxes, InputProfile, ProfileLimits, derive_profiles, graph_axes, profiles_to_dict
+from .profiles import PAST, InputAxes, InputProfile, ProfileLimits, derive_profiles, graph_axes, profiles_to_dict
 
 ENGINE_FORMAT = "vskip-engine"
 ENGINE_VERSION = 1
@@ -107,6 +107,19 @@ class BuildPlan:
     dtype: str
     plan: dict | None                # the plan the graph records (vskip's format), None for a vanilla graph
     row_inputs: list[str] = field(default_factory=list)
+
+    @property
+    def decode(self) -> bool:
+        """Whether this is a decode graph (one new token per step on a K/V cache)."""
+        return any(PAST in a.axes for a in self.axes)
+
+    def bounds(self) -> str:
+        """What the engine will serve, in words."""
+        from .profiles import KINDS
+
+        ranges = self.limits.ranges()
+        used = [kind for kind in KINDS if any(kind in a.axes for a in self.axes)]
+        return ", ".join(f"{kind} <= {ranges[kind][2]}" for kind in used) or "static shapes"
 
     def table(self) -> str:
         from .profiles import format_profiles
@@ -389,9 +402,8 @@ def build_serialized(plan: BuildPlan, progress: Progress, timing_cache: bytes | 
             start = time.perf_counter()
             network = parse()
             seconds["parse"] = round(time.perf_counter() - start, 3)
-            log.say(f"parsed {network[1].num_layers} layers in {seconds['parse']:.1f} s; building for batch <= "
-                    f"{plan.limits.max_batch}, sequence <= {plan.limits.max_seq}, visual rows <= "
-                    f"{plan.limits.max_visual_rows}")
+            log.say(f"parsed {network[1].num_layers} layers in {seconds['parse']:.1f} s; building for "
+                    f"{plan.bounds()}")
             config = configure(*network[:2])
             start = time.perf_counter()
             engine = EngineBytesFromNetwork(network, config=config)()

@@ -59,7 +59,7 @@ from ..core.files import MAX_GRAPH_BYTES, escape, external_data, external_tensor
 from ..core.graph_io import load_graph
 from ..core.shapes import shape_table
 from . import support
-from .profiles import DIM_NAMES, ProfileLimits, row_input_kind
+from .profiles import DIM_NAMES, ProfileLimits, axis_kind, is_decode_graph
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 DATA_DEPENDENT = {
@@ -495,6 +495,7 @@ def _at_max_shape(model: onnx.ModelProto, limits: ProfileLimits,
     del fixed.graph.value_info[:]  # symbolic shapes would only compete with the inferred ones
     known, largest = {**DIM_NAMES, **dim_names}, {k: r[2] for k, r in limits.ranges().items()}
     initializers = {t.name for t in fixed.graph.initializer}
+    decode = is_decode_graph(i.name for i in fixed.graph.input if i.name not in initializers)
     unbounded = []
     for info in fixed.graph.input:
         if info.name in initializers or not info.type.tensor_type.HasField("shape"):
@@ -502,7 +503,7 @@ def _at_max_shape(model: onnx.ModelProto, limits: ProfileLimits,
         for axis, dim in enumerate(info.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value >= 0:
                 continue
-            kind = (row_input_kind(info.name) if axis == 0 else None) or known.get(dim.dim_param)
+            kind = axis_kind(info.name, axis, len(info.type.tensor_type.shape.dim), dim.dim_param, known, decode)
             if kind is None:
                 unbounded.append(f"{escape(info.name)}[{axis}]" + (f" ({escape(dim.dim_param)})" if dim.dim_param else ""))
                 continue

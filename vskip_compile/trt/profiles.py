@@ -23,6 +23,28 @@ input itself:
     routed_rows   1     opt_seq                    max_seq        a routable graph's per-layer rows
                                                                   (vskip_layer{i}_attention_rows, ..._ffn_rows)
 
+A **decode graph** (the export's ``decode.onnx``: it takes ``past_key_values.N.key/value``)
+feeds one new token per step on a cache of earlier rows. Its axes are attributed by what
+each input is, since the exporter leaves them unnamed (``s10``, ``s0``, ...); ``--max-seq``
+is then the longest context an engine serves (prompt plus generated tokens):
+
+    kind           min   opt          max          where
+    batch          1     opt_batch    max_batch    axis 0 (axis 1 of [3, B, Q] positions)
+    new_tokens     1     1            1            inputs_embeds and position_ids: the step's token
+    past_sequence  1     opt_seq      max_seq - 1  axis 2 of past_key_values.N.key / .value
+    context        2     opt_seq + 1  max_seq      attention_mask: the past rows and the new one
+
+The three decode shapes are one step each: a mask is always one row longer than the cache
+it covers, which TensorRT checks when it builds.
+
+A **vision graph** (the export's ``vision.onnx``) takes whole images ("images": LLaVA,
+Gemma3, InternVL, SmolVLM) or the image tokens of all images together ("image_tokens": the
+Qwen families, one entry per token the decoder receives):
+
+    kind           min   opt                    max
+    images         1     opt_images             max_images
+    image_tokens   1     opt_visual_rows (>=1)  max_visual_rows (>=1)
+
 The minimum is the smallest prompt a graph runs: one text row and no image (a compiled
 graph then updates every row, as the vanilla graph does; Qwen3-VL's DeepStack features are
 [L, 0, D], which ONNX Runtime runs). At least one text row is always left (the row inputs
@@ -35,6 +57,7 @@ plan and the text rows where a plan skips: one engine serves both, so its row in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Iterable, NamedTuple
 
@@ -58,17 +81,19 @@ class ProfileLimits:
     opt_batch: int = 1
     opt_seq: int = 1088
     opt_visual_rows: int = 1024
+    max_images: int = 8
+    opt_images: int = 1
 
     def check(self) -> "ProfileLimits":
         """These limits, if they make one valid profile; else a one-line error naming the flag."""
         for f in fields(self):
             value = getattr(self, f.name)
             low = 0 if f.name.endswith("visual_rows") else 1
-            high = MAX_BATCH if f.name.endswith("batch") else MAX_ROWS
+            high = MAX_BATCH if f.name.endswith(("batch", "images")) else MAX_ROWS
             if type(value) is not int or not low <= value <= high:
                 raise VskipError(f"{_flag(f.name)} must be an integer in {low}-{high}, got {value!r}")
         for opt, largest in (("opt_batch", "max_batch"), ("opt_seq", "max_seq"),
-                             ("opt_visual_rows", "max_visual_rows")):
+                             ("opt_visual_rows", "max_visual_rows"), ("opt_images", "max_images")):
             if getattr(self, opt) > getattr(self, largest):
                 raise VskipError(f"{_flag(opt)} {getattr(self, opt)} is above {_flag(largest)} "
                                  f"{getattr(self, largest)}; the optimum must lie inside the range")
@@ -93,6 +118,8 @@ class ProfileLimits:
         clip = {}
         if given.get("opt_batch") is None:
             clip["opt_batch"] = min(limits.opt_batch, limits.max_batch)
+        if given.get("opt_images") is None:
+            clip["opt_images"] = min(limits.opt_images, limits.max_images)
         if given.get("max_visual_rows") is None:
             clip["max_visual_rows"] = min(limits.max_visual_rows, limits.max_seq)
         limits = replace(limits, **clip)
@@ -108,9 +135,14 @@ class ProfileLimits:
         """(min, opt, max) of every kind of axis (see the module's table)."""
         self.check()
         text = self.opt_seq - self.opt_visual_rows
+        past = max(1, self.max_seq - 1)   # a decode graph needs max_seq >= 2 (checked where one is read)
+        opt_past = min(self.opt_seq, past)
         return {BATCH: (1, self.opt_batch, self.max_batch), SEQUENCE: (1, self.opt_seq, self.max_seq),
                 VISUAL: (0, self.opt_visual_rows, self.max_visual_rows), TEXT: (1, text, self.max_seq),
-                SUFFIX: (1, text, self.max_seq), ROUTED: (1, self.opt_seq, self.max_seq)}
+                SUFFIX: (1, text, self.max_seq), ROUTED: (1, self.opt_seq, self.max_seq),
+                NEW: (1, 1, 1), PAST: (1, opt_past, past), CONTEXT: (2, opt_past + 1, past + 1),
+                IMAGES: (1, self.opt_images, self.max_images),
+                IMAGE_TOKENS: (1, max(1, self.opt_visual_rows), max(1, self.max_visual_rows))}
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -124,19 +156,22 @@ def _flag(field_name: str) -> str:
 
 BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX = "batch", "sequence", "visual_rows", "text_rows", "suffix_rows"
 ROUTED = "routed_rows"
-KINDS = (BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX, ROUTED)
-# What the kinds a user may name with --dim mean, for messages.
-NAMEABLE = (BATCH, SEQUENCE, VISUAL)
+NEW, PAST, CONTEXT = "new_tokens", "past_sequence", "context"   # a decode graph's axes
+IMAGES, IMAGE_TOKENS = "images", "image_tokens"                  # a vision graph's
+KINDS = (BATCH, SEQUENCE, VISUAL, TEXT, SUFFIX, ROUTED, NEW, PAST, CONTEXT, IMAGES, IMAGE_TOKENS)
+# The kinds a user may name with --dim (the others belong to vskip's own inputs).
+NAMEABLE = (BATCH, SEQUENCE, VISUAL, IMAGES, IMAGE_TOKENS)
 
 # Axis names and what they count. vskip's exporter names its torch.export Dims "batch",
 # "sequence" and "visual_rows" (models/export.py); compile names the row inputs' axes
-# "<input>_count" (compile.py); "seq" and "batch_size" are what hand-written dynamic_axes
-# (the legacy exporter) commonly say. Nothing else is read into a name: sympy names such as
+# "<input>_count" (compile.py), the vision graphs' "images" and "image_tokens" (models/vision.py);
+# "seq" and "batch_size" are what hand-written dynamic_axes (the legacy exporter) commonly say. Nothing else is read into a name: sympy names such as
 # "s29" (transformers' exporter, decode graphs) must be named with --dim.
 DIM_NAMES = {
     "batch": BATCH, "batch_size": BATCH,
     "sequence": SEQUENCE, "seq": SEQUENCE, "sequence_length": SEQUENCE,
     "visual_rows": VISUAL,
+    "images": IMAGES, "image_tokens": IMAGE_TOKENS,
     f"{TEXT_ROWS}_count": TEXT, f"{SUFFIX_ROWS}_count": SUFFIX,
 }
 # vskip's row inputs are 1-D and count their rows whatever their axis is called.
@@ -146,6 +181,38 @@ ROW_INPUT_KINDS = {TEXT_ROWS: TEXT, SUFFIX_ROWS: SUFFIX}
 def row_input_kind(name: str) -> str | None:
     """The kind of a vskip row input's one axis (static row sets or a routable graph's), else None."""
     return ROW_INPUT_KINDS.get(name) or (ROUTED if is_routing_input(name) else None)
+
+
+# The export's cache inputs (DESIGN.md section 3), one per layer and kind: a graph that takes
+# them is a decode graph.
+_PAST_INPUT = re.compile(r"past_key_values\.\d+\.(key|value)")
+
+
+def is_decode_graph(input_names: Iterable[str]) -> bool:
+    """Whether a graph with these inputs is a decode graph (it takes a K/V cache)."""
+    return any(_PAST_INPUT.fullmatch(name) for name in input_names)
+
+
+def _decode_kind(name: str, axis: int, rank: int) -> str | None:
+    """What axis ``axis`` of a decode graph's input ``name`` counts, by what the input is."""
+    if _PAST_INPUT.fullmatch(name):
+        return {0: BATCH, 2: PAST}.get(axis)
+    if name == "attention_mask" and rank == 2:
+        return {0: BATCH, 1: CONTEXT}.get(axis)
+    if name == "inputs_embeds" and rank == 3:
+        return {0: BATCH, 1: NEW}.get(axis)
+    if name == "position_ids":
+        return ({0: BATCH, 1: NEW} if rank == 2 else {1: BATCH, 2: NEW} if rank == 3 else {}).get(axis)
+    return None
+
+
+def axis_kind(name: str, axis: int, rank: int, dim_name: str, known: dict[str, str], decode: bool) -> str | None:
+    """The kind of a dynamic axis (module table), or None where nothing says what it counts:
+    a row input's own axis, a decode graph's inputs by role, then the axis' name."""
+    kind = row_input_kind(name) if axis == 0 else None
+    if kind is None and decode:
+        kind = _decode_kind(name, axis, rank)
+    return kind or known.get(dim_name)
 
 
 class InputProfile(NamedTuple):
@@ -197,14 +264,12 @@ def graph_axes(graph_inputs, sidecar=None, dim_names: dict[str, str] | None = No
     to a kind; an axis that cannot be is a one-line error naming the input and the axis.
 
     ``sidecar`` (the export's vskip.json, if any) must describe the graph: its position
-    rank and hidden size are checked against the inputs, and a decode graph is refused.
+    rank and hidden size are checked against the inputs. A decode graph's axes are
+    attributed by role (:func:`is_decode_graph`).
     """
     known = {**DIM_NAMES, **(dim_names or {})}
     skip = set(initializers)
-    if sidecar is not None and sidecar.decode is not None and \
-            [i.name for i in graph_inputs if i.name not in skip] == list(sidecar.decode.inputs):
-        raise VskipError(f"{source}: is the export's decode graph; vskip build builds prefill graphs (decode "
-                         "engines, with their past-sequence axes, are not built yet)")
+    decode = is_decode_graph(i.name for i in graph_inputs if i.name not in skip)
     result = []
     for info in graph_inputs:
         if info.name in skip:
@@ -224,8 +289,7 @@ def graph_axes(graph_inputs, sidecar=None, dim_names: dict[str, str] | None = No
                 axes.append(int(name))  # a size written as a name (transformers' exporter): fixed
                 names.append(name)
                 continue
-            kind = row_input_kind(info.name) if axis == 0 else None
-            kind = kind or known.get(name)
+            kind = axis_kind(info.name, axis, len(tensor.shape.dim), name, known, decode)
             if kind is None:
                 if not name:
                     raise VskipError(f"{source}: input {info.name!r} axis {axis} is dynamic and has no name, so vskip "
@@ -276,6 +340,9 @@ def derive_profiles(graph_inputs, sidecar=None, limits: ProfileLimits | None = N
     inputs = list(graph_inputs)
     if not all(isinstance(i, InputAxes) for i in inputs):
         inputs = graph_axes(inputs, sidecar, dim_names, source, initializers)
+    if limits.max_seq < 2 and any(PAST in i.axes for i in inputs):
+        raise VskipError(f"{source}: is a decode graph, and --max-seq {limits.max_seq} leaves no room for a past "
+                         "row and the new token; --max-seq is the longest context (prompt and generated tokens)")
     profiles = []
     for item in inputs:
         if not item.dynamic:
