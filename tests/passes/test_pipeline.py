@@ -11,6 +11,7 @@ from vskip_compile.cli import main
 from vskip_compile.compile import compile_model
 from vskip_compile.core.plan import Action, Plan
 from vskip_compile.passes import pipeline
+from vskip_compile.passes.hidden_states import ExposeHiddenStates
 from vskip_compile.passes.nan_guard import MoveNanGuard
 from vskip_compile.passes.pipeline import LayerChange, PassReport
 from vskip_compile.passes.skip_visual import SkipVisualRows
@@ -32,11 +33,14 @@ class Recorder:
 
 def test_the_default_pipeline_moves_nan_guards_then_skips():
     assert [type(p) for p in pipeline.default_passes()] == [MoveNanGuard, SkipVisualRows]
+    # The hidden-state taps come first, so every rewrite after them moves them along.
+    assert [type(p) for p in pipeline.default_passes(hidden_states=True)] == [ExposeHiddenStates, MoveNanGuard,
+                                                                               SkipVisualRows]
 
 
 def test_compile_runs_every_pass_and_the_cli_prints_each(exported, tmp_path, monkeypatch, capsys):
     recorder = Recorder()
-    monkeypatch.setattr(pipeline, "default_passes", lambda causal_blocks=0: [SkipVisualRows(), recorder])
+    monkeypatch.setattr(pipeline, "default_passes", lambda causal_blocks=0, hidden_states=False: [SkipVisualRows(), recorder])
     plan = {"format": "vskip-plan", "version": 1, "model": {"num_layers": 4}, "layers": {"1": "freeze"}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     out = tmp_path / "c.onnx"
