@@ -130,7 +130,9 @@ def masked_attention(attn, hidden: torch.Tensor, position_embeddings, allowed: t
     cos, sin = position_embeddings
     query, key = rotate(query, key, cos, sin)
     query, key, value = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed,
+    # The mask as [1, 1, P, P]: the same broadcast, and the 4-D mask TensorRT's Attention
+    # takes (vskip lint refuses a 2-D one at opset 23).
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed[None, None],
                                                            scale=attn.scaling)
     return attn.proj(out.transpose(1, 2).reshape(n, -1))
 

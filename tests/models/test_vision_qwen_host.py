@@ -156,17 +156,17 @@ def test_window_smaller_than_a_token_is_refused():
 def graphs(tmp_path_factory, exported):
     made = {}
 
-    def get(family: str, dtype: str = "float32"):
-        if dtype == "float32":  # the session's fp32 export holds it
+    def get(family: str, dtype: str = "float32", opset: int = 20):
+        if dtype == "float32" and opset == 20:  # the session's fp32 export holds it
             return tiny_model(family), exported(family) / "vision.onnx"
-        if (family, dtype) not in made:
-            loaded = _typed_model(family, dtype)
-            path = tmp_path_factory.mktemp(f"qwen-vision-{family}-{dtype}") / "vision.onnx"
+        if (family, dtype, opset) not in made:
+            loaded = _typed_model(family, dtype) if dtype != "float32" else tiny_model(family)
+            path = tmp_path_factory.mktemp(f"qwen-vision-{family}-{dtype}-{opset}") / "vision.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                export_vision(loaded.family, loaded.model, path, 20, False, _export_one)
-            made[family, dtype] = (loaded, path)
-        return made[family, dtype]
+                export_vision(loaded.family, loaded.model, path, opset, False, _export_one)
+            made[family, dtype, opset] = (loaded, path)
+        return made[family, dtype, opset]
 
     return get
 
@@ -187,9 +187,10 @@ def test_graph_has_no_data_dependent_shapes(family, graphs):
         assert value.type.tensor_type.shape.dim[0].dim_param == "image_tokens", value.name
 
 
+@pytest.mark.parametrize("opset", [20, 23])
 @pytest.mark.parametrize("family", QWEN)
-def test_graph_matches_the_tower_on_mixed_grids(family, graphs):
-    loaded, path = graphs(family)
+def test_graph_matches_the_tower_on_mixed_grids(family, opset, graphs):
+    loaded, path = graphs(family, opset=opset)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     grids = torch.tensor([(1, 6, 10), (2, 4, 4), (1, 2, 2), (1, 8, 6)])
     pixels = torch.randn(int(grids.prod(1).sum()), 96, generator=torch.Generator().manual_seed(11))
@@ -200,6 +201,17 @@ def test_graph_matches_the_tower_on_mixed_grids(family, graphs):
     assert_close(outputs[0], truth.pooler_output, what=f"{family} image_features")
     if family == "qwen3_vl":
         assert_close(outputs[1], torch.stack(truth.deepstack_features), what=f"{family} deepstack_features")
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_opset_23_graphs_are_clean_for_tensorrt_11(family, graphs):
+    """TensorRT's Attention takes a 4-D mask: the masked tower attention gives it one
+    (a 2-D mask was a trt11 finding before)."""
+    from vskip_compile.trt.lint import lint_graph
+
+    _, path = graphs(family, opset=23)
+    assert "Attention" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert lint_graph(path, "trt11") == []
 
 
 def test_qwen2_vl_graph_in_float16(graphs):
