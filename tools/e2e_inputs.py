@@ -8,6 +8,8 @@ The prompt is ``--text-before`` text tokens, ``<|vision_start|>``, the image's t
 rows with the defaults, and the two markers). Token ids and pixels are seeded random
 values; the arrays are what a Qwen-VL processor returns (``input_ids``,
 ``attention_mask``, ``pixel_values`` [patches, C * T * P * P], ``image_grid_thw``).
+``--answer-id`` adds ``answer_ids``, which makes the file a `vskip calibrate --data` sample
+(the format: docs/calibration.md).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--text-before", type=int, default=15)
     parser.add_argument("--text-after", type=int, default=47)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--answer-id", type=int, metavar="TOKEN",
+                        help="also write answer_ids (the answer's first token): a `vskip calibrate --data` file")
     args = parser.parse_args(argv)
 
     config = json.loads((Path(args.export) / "config.json").read_text())
@@ -46,9 +50,10 @@ def main(argv=None) -> int:
     ids = (text(args.text_before) + [config["vision_start_token_id"]]
            + [config["image_token_id"]] * (t * h * w // merge ** 2) + [config["vision_end_token_id"]]
            + text(args.text_after))
+    answers = {} if args.answer_id is None else {"answer_ids": np.array([args.answer_id], dtype=np.int64)}
     np.savez(args.output, input_ids=np.array([ids], dtype=np.int64), attention_mask=np.ones((1, len(ids)), np.int64),
              pixel_values=rng.standard_normal((t * h * w, patch_dim)).astype(np.float32),
-             image_grid_thw=np.array([[t, h, w]], dtype=np.int64))
+             image_grid_thw=np.array([[t, h, w]], dtype=np.int64), **answers)
     print(f"wrote {args.output}: {len(ids)} tokens, {t * h * w // merge ** 2} of them image tokens", file=sys.stderr)
     return 0
 

@@ -73,6 +73,63 @@ def calibration_set(prepared) -> CalibrationSet:
     return CalibrationSet(batches, [prepared.visual_rows[i] for indices, _ in prepared.batches for i in indices])
 
 
+# The answer token of each prompt in a --data file (beside the model's inputs).
+ANSWERS = "answer_ids"
+MAX_DATA_FILES = 1000
+
+
+def data_set(files: Sequence, image_token_id: int, vocab_size: int, accepted=None, modality=None) -> CalibrationSet:
+    """A calibration set from ``--data`` files: each an .npz of the full model's inputs
+    under transformers' names (as ``vskip generate --inputs`` takes them: ``input_ids``,
+    ``attention_mask``, ``pixel_values``, ``image_grid_thw``, ...) and ``answer_ids`` [B],
+    the token each prompt's answer starts with. One file is one batch (left-padded to one
+    length); the image tokens' rows are the visual rows. ``accepted``: the input names the
+    model's forward takes (others are refused), None to take any. ``modality(input_ids,
+    attention_mask)``: the family's modality inputs (``mm_token_type_ids``, ...), derived
+    from the ids where a file has none, as ``vskip generate`` derives them."""
+    import torch
+
+    from .core.files import read_npz
+    from .evaluate import MAX_SAMPLES
+
+    if not 1 <= len(files) <= MAX_DATA_FILES:
+        raise VskipError(f"--data: give 1-{MAX_DATA_FILES} files, got {len(files)}")
+    batches, visual_rows = [], []
+    for path in files:
+        arrays = read_npz(path)
+        ids, answers = arrays.get("input_ids"), arrays.pop(ANSWERS, None)
+        if ids is None or ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or ids.shape[1] == 0:
+            raise VskipError(f"{path}: needs input_ids, a [batch, length] integer array (the model's inputs, as "
+                             "vskip generate --inputs takes them)")
+        if answers is None or answers.shape != ids.shape[:1] or not np.issubdtype(answers.dtype, np.integer) \
+                or not ((answers >= 0) & (answers < vocab_size)).all():
+            raise VskipError(f"{path}: needs {ANSWERS}, one token id in 0-{vocab_size - 1} per prompt "
+                             f"([{ids.shape[0]}] integers): the token each answer starts with")
+        mask = arrays.get("attention_mask", np.ones_like(ids))
+        if mask.shape != ids.shape or (mask[:, -1] == 0).any():
+            raise VskipError(f"{path}: attention_mask must be input_ids' shape {list(ids.shape)} and pad on the left "
+                             "(the answer is read at each prompt's last position)")
+        visual = ids == image_token_id
+        if not visual.any():
+            raise VskipError(f"{path}: no prompt has an image token ({image_token_id}): there are no visual rows to "
+                             "calibrate on")
+        unknown = sorted(set(arrays) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise VskipError(f"{path}: the model takes no input {', '.join(unknown[:3])}; give its inputs under "
+                             f"transformers' names and {ANSWERS}")
+        feeds = {name: torch.from_numpy(np.ascontiguousarray(
+            value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value))
+            for name, value in arrays.items()}
+        feeds["attention_mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+        for name, value in (modality(feeds["input_ids"], feeds["attention_mask"]) if modality else {}).items():
+            feeds.setdefault(name, value)
+        batches.append((feeds, torch.from_numpy(visual), torch.from_numpy(answers.astype(np.int64))))
+        visual_rows.extend(visual)
+        if len(visual_rows) > MAX_SAMPLES:
+            raise VskipError(f"--data: more than {MAX_SAMPLES} prompts")
+    return CalibrationSet(batches, visual_rows)
+
+
 class Scorer:
     """The model's answer distributions on a calibration set, vanilla and under plans."""
 
@@ -327,3 +384,29 @@ def calibrate_checkpoint(source: str, task: str, samples: int, method: str, *, s
     result = calibrate(loaded.family, loaded.model, dims, calibration_set(prepared), method, progress=progress,
                        **choice)
     return result, {"model": name, "family": family, "task": task, "split": "validation", "seed": seed}
+
+
+def calibrate_data(source: str, files: Sequence, method: str, *, progress: Callable[[str], None] | None = None,
+                   **choice) -> tuple[Calibration, dict]:
+    """:func:`calibrate` on the model's own samples (``--data`` files, see :func:`data_set`)
+    for the checkpoint SOURCE in PyTorch."""
+    from .models.export import describe
+    from .models.loading import load_model
+
+    import inspect
+
+    from .core.files import one_line
+
+    loaded = load_model(source)
+    dims = describe(loaded, 20, False, decode=False).dims()
+    accepted = [name for name in inspect.signature(loaded.model.forward).parameters if name != "kwargs"]
+    samples = data_set(list(files), loaded.family.image_token_id(loaded.config), loaded.text_config.vocab_size,
+                       accepted, lambda ids, mask: loaded.family.model_kwargs(ids, mask, loaded.config))
+    try:
+        result = calibrate(loaded.family, loaded.model, dims, samples, method, progress=progress, **choice)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        # Inputs that do not fit the model (an image of another size, a grid that does not
+        # match the pixels) fail inside transformers: the user's data, not a vskip bug.
+        raise VskipError(f"--data: the model fails on these inputs: {one_line(exc)}") from None
+    return result, {"model": source, "family": loaded.family.model_type, "task": None,
+                    "data": [str(f) for f in files]}

@@ -869,13 +869,16 @@ class Calibrate(Command):
     accuracy on the calibration samples. --method operators scores the three options
     (skip visual attention, skip visual FFN, freeze) at each layer and adds them in order
     of gain per FLOP saved, each rechecked on the calibration samples against --retention,
-    until the plan cuts --flops-cut of the prefill's FLOPs. MODEL is a checkpoint
-    (testbed:vqa); the samples are --samples of the task's validation split, of question
-    type --task (all: every type, one shared plan). Prints the per-layer gain table and
-    the time taken; --heatmap writes it as a PNG (layers x options).
+    until the plan cuts --flops-cut of the prefill's FLOPs. MODEL is a checkpoint; the
+    samples are --samples of the testbed task's validation split, of question type --task
+    (all: every type, one shared plan), or the model's own samples: --data FILE.npz, each
+    the full model's inputs (as vskip generate --inputs takes them) plus answer_ids, the
+    token each prompt's answer starts with. Prints the per-layer gain table and the time
+    taken; --heatmap writes it as a PNG (layers x options).
 
     Example:
       vskip calibrate testbed:vqa --task count --samples 20 --method vskip --retention 0.99 -o out/count.json
+      vskip calibrate CHECKPOINT --data calib.npz --method operators --flops-cut 0.3 --retention 0.99 -o plan.json
     """
 
     name = "calibrate"
@@ -883,26 +886,37 @@ class Calibrate(Command):
     def add_arguments(self, parser):
         from .calibrate import METHODS
 
-        parser.add_argument("model", metavar="MODEL", help="testbed:vqa or a checkpoint directory trained on its task")
-        parser.add_argument("--task", required=True, help="a question type of the task, or all")
-        parser.add_argument("--samples", type=int, default=20, metavar="N",
-                            help="calibration samples (default 20, as V-Skip)")
+        parser.add_argument("model", metavar="MODEL", help="a checkpoint directory, or testbed:vqa")
+        parser.add_argument("--task", help="a question type of the testbed task, or all")
+        parser.add_argument("--data", action="append", default=[], metavar="FILE.npz",
+                            help="instead of --task: the model's own samples, one batch per file (its inputs under "
+                                 "transformers' names and answer_ids); repeat for several")
+        parser.add_argument("--samples", type=int, metavar="N",
+                            help="with --task: calibration samples (default 20, as V-Skip)")
         parser.add_argument("--method", default="vskip", choices=METHODS, help="vskip (default) or operators")
         parser.add_argument("--layers", type=int, metavar="N", help="vskip: skip visual attention in N layers")
         parser.add_argument("--retention", type=float, metavar="R",
                             help="the share of vanilla accuracy the plan must keep on the samples, e.g. 0.99")
         parser.add_argument("--flops-cut", type=float, metavar="C", help="operators: the FLOPs cut to reach, e.g. 0.3")
-        parser.add_argument("--seed", type=int, default=0, help="the samples' seed (default 0)")
-        parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="prompts per batch (default 32)")
+        parser.add_argument("--seed", type=int, help="with --task: the samples' seed (default 0)")
+        parser.add_argument("--batch-size", type=int, metavar="B", help="with --task: prompts per batch (default 32)")
         parser.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where the plan goes")
         parser.add_argument("--heatmap", metavar="PNG", help="write the gains as a heatmap (needs matplotlib)")
         add_json(parser, "the gains, the choice and its steps")
         add_force(parser, "the plan, --heatmap and --json files")
 
     def run(self, args):
-        from .calibrate import calibrate_checkpoint, heatmap_png
+        from .calibrate import calibrate_checkpoint, calibrate_data, heatmap_png
         from .core.plan import to_json
 
+        if (args.task is None) == (not args.data):
+            raise VskipError("give the samples either as --task TYPE (the testbed task) or as --data FILE.npz (the "
+                             "model's own)")
+        if args.data:
+            given = [flag for flag, value in (("--samples", args.samples), ("--seed", args.seed),
+                                              ("--batch-size", args.batch_size)) if value is not None]
+            if given:
+                raise VskipError(f"{', '.join(given)} go(es) with --task; with --data the files are the samples")
         if args.method == "operators" and args.layers is not None:
             raise VskipError("--layers goes with --method vskip; --method operators takes --flops-cut")
         if args.method == "vskip" and args.flops_cut is not None:
@@ -911,22 +925,29 @@ class Calibrate(Command):
             from .flops.plot import require_matplotlib
 
             require_matplotlib()
-        report = Report(args.json, _source_files(args.model), args.force)
+        report = Report(args.json, [*_source_files(args.model), *args.data], args.force)
         report.outputs.claim(args.output, "plan")
         if args.heatmap:
             report.outputs.claim(args.heatmap, "heatmap")
         choice = {"layers": args.layers, "retention": args.retention} if args.method == "vskip" else {
             "target_cut": args.flops_cut, "retention": args.retention}
-        result, what = calibrate_checkpoint(args.model, args.task, args.samples, args.method, seed=args.seed,
-                                            batch_size=args.batch_size,
-                                            progress=None if report.to_stdout else _progress, **choice)
+        say = None if report.to_stdout else _progress
+        if args.data:
+            result, what = calibrate_data(args.model, args.data, args.method, progress=say, **choice)
+            on = f"--data ({result.samples} samples in {len(args.data)} files)"
+        else:
+            samples = 20 if args.samples is None else args.samples
+            result, what = calibrate_checkpoint(args.model, args.task, samples, args.method,
+                                                seed=args.seed or 0, batch_size=args.batch_size or 32,
+                                                progress=say, **choice)
+            on = f"--task {args.task} on {samples} validation samples"
         report.table(result.table())
-        description = (f"vskip calibrate --method {args.method} --task {args.task} on {args.samples} validation "
-                       f"samples: accuracy {result.accuracy:.3f} of vanilla {result.vanilla_accuracy:.3f} on them, FLOPs cut "
-                       f"{result.flops_cut:.1%}")
+        description = (f"vskip calibrate --method {args.method} {on}: accuracy {result.accuracy:.3f} of vanilla "
+                       f"{result.vanilla_accuracy:.3f} on them, FLOPs cut {result.flops_cut:.1%}")
         files = {args.output: to_json(result.plan, family=what["family"], description=description).encode()}
         if args.heatmap:
-            files[args.heatmap] = heatmap_png(result, f"{what['model']}, task {args.task}: {args.method}")
+            files[args.heatmap] = heatmap_png(result, f"{what['model']}, {'--data' if args.data else 'task ' + args.task}"
+                                                      f": {args.method}")
         report.emit({**what, **result.to_dict()}, files)
         return 0
 

@@ -93,3 +93,76 @@ def test_refusals(tiny_set):
                            (dict(method="vskip", retention=7.0), "--retention 7.0")]:
         with pytest.raises(VskipError, match=expect):
             calibrate(loaded.family, loaded.model, dims, samples, **kwargs)
+
+
+# ------------------------------------------------------------------ --data: the model's own samples
+
+def _data_files(tiny_set, tmp_path):
+    """tiny_set's batches as --data files: the model's inputs and answer_ids."""
+    _, samples = tiny_set
+    files = []
+    for i, (inputs, _, answers) in enumerate(samples.batches):
+        path = tmp_path / f"calib{i}.npz"
+        np.savez(path, answer_ids=answers.numpy(), **{k: v.numpy() for k, v in inputs.items()})
+        files.append(path)
+    return files
+
+
+def test_data_files_calibrate_as_the_same_samples_in_memory(tiny_set, tmp_path, capsys):
+    import json
+
+    from vskip_compile.cli import main
+
+    loaded, samples = tiny_set
+    files = _data_files(tiny_set, tmp_path)
+    want = calibrate(loaded.family, loaded.model, describe(loaded, 20, False, decode=False).dims(), samples,
+                     "vskip", layers=2)
+    argv = ["calibrate", f"tiny:{FAMILY}", "--method", "vskip", "--layers", "2", "-o", str(tmp_path / "plan.json"),
+            "--json", "-"]
+    for path in files:
+        argv += ["--data", str(path)]
+    assert main(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["samples"] == 4 and got["data"] == [str(p) for p in files]
+    assert np.allclose(got["gains"]["skip_visual_attention"], want.gains[:, 0], rtol=1e-9, atol=0)
+    assert got["plan"] == [a.value for a in want.plan.actions]
+    assert "--data (4 samples in 2 files)" in (tmp_path / "plan.json").read_text()
+    # Without the modality ids (what tools/e2e_inputs.py writes), the family derives them
+    # from input_ids, as vskip generate does: the same gains.
+    for path in files:
+        arrays = dict(np.load(path))
+        assert arrays.pop("mm_token_type_ids") is not None
+        np.savez(path, **arrays)
+    assert main([*argv, "--force"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["gains"] == got["gains"]
+
+
+def test_data_files_are_checked(tiny_set, tmp_path, capsys):
+    from vskip_compile.cli import main
+
+    good = _data_files(tiny_set, tmp_path)[0]
+    arrays = dict(np.load(good))
+    out = ["-o", str(tmp_path / "p.json"), "--layers", "1"]
+
+    def refused(argv, expect):
+        assert main(["calibrate", f"tiny:{FAMILY}", *argv, *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expect in err, err
+        assert not (tmp_path / "p.json").exists()
+
+    def saved(name, **change):
+        path = tmp_path / name
+        np.savez(path, **{k: v for k, v in {**arrays, **change}.items() if v is not None})
+        return str(path)
+
+    refused(["--data", saved("none.npz", answer_ids=None)], "needs answer_ids")
+    refused(["--data", saved("big.npz", answer_ids=np.array([5, 10**9]))], "needs answer_ids, one token id in")
+    refused(["--data", saved("pad.npz", attention_mask=np.pad(arrays["attention_mask"][:, 1:], ((0, 0), (0, 1))))],
+            "pad on the left")
+    refused(["--data", saved("odd.npz", surprise=np.zeros(2))], "the model takes no input surprise")
+    refused(["--data", saved("text.npz", input_ids=np.full_like(arrays["input_ids"], 5))], "no prompt has an image")
+    refused(["--data", str(good), "--task", "count"], "either as --task")
+    refused([], "either as --task")
+    refused(["--data", str(good), "--samples", "5"], "--samples go(es) with --task")
+    refused(["--data", saved("grid.npz", image_grid_thw=arrays["image_grid_thw"] * 2)], "the model fails on these inputs")
