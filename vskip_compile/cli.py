@@ -434,8 +434,12 @@ class Flops(Command):
     FLOPs(MODEL) / FLOPs the compiled graph's plan requires, beside what the compiled graph
     computes. Matrix products only (MatMul, Gemm, Attention); elementwise work is not counted.
 
+    A routable graph (vskip-compile --routable) computes the plan it is fed: --plan P
+    counts it under P (what the static compile of P counts).
+
     Example:
       vskip flops out/q2/prefill.onnx --compare out/q2/c.onnx --rows 1088 --visual-rows 16:1040
+      vskip flops out/q2/routable.onnx --plan vskip_compile/plans/example_tiny.json
     """
 
     name = "flops"
@@ -443,6 +447,8 @@ class Flops(Command):
     def add_arguments(self, parser):
         parser.add_argument("model", metavar="MODEL.onnx", help="a decoder prefill graph")
         parser.add_argument("--compare", metavar="COMPILED.onnx", help="a graph vskip compiled from MODEL")
+        parser.add_argument("--plan", metavar="PLAN.json", help="the plan a routable MODEL (vskip-compile "
+                                                                "--routable) is fed: its FLOPs are that plan's")
         add_rows(parser, "counted")
         add_json(parser, "the counts")
         parser.add_argument("--plot", metavar="OUT.png", help="with --compare: per-layer FLOPs before and after")
@@ -454,15 +460,23 @@ class Flops(Command):
 
         if args.plot and not args.compare:
             raise VskipError("--plot draws vanilla against compiled: add --compare COMPILED.onnx")
+        if args.plan and args.compare:
+            raise VskipError("--plan counts a routable graph fed that plan; --compare counts a static compile "
+                             "against its source: give one of them")
         visual = workload(args)
-        report = Report(args.json, [args.model, args.compare], args.force)
+        report = Report(args.json, [args.model, args.compare, args.plan], args.force)
         if args.plot:
             from .flops.plot import require_matplotlib
 
             require_matplotlib()
             report.outputs.claim(args.plot, "plot")  # before the counting: a bad name costs nothing
         if not args.compare:
-            counted = count_flops(args.model, **mask_layout(visual))
+            plan = None
+            if args.plan:
+                from .core.plan import load_plan
+
+                plan, _ = load_plan(args.plan)
+            counted = count_flops(args.model, **mask_layout(visual), plan=plan)
             report.table(counted.format_table())
             report.emit({"workload": workload_fields(visual), **counted.to_dict()})
             return 0

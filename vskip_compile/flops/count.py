@@ -38,9 +38,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..core.graph_io import load_graph, recorded_causal_blocks, recorded_plan
+from ..core.graph_io import load_graph, recorded_causal_blocks, recorded_plan, recorded_routable
 from ..core.hidden_states import hidden_state_layer
-from ..core.plan import Rows
+from ..core.plan import Plan, Rows
+from ..core.routing import attention_rows_input, ffn_rows_input
 from ..core.shapes import InferredShapes, ShapeInferenceError
 from ..core.visual_rows import SUFFIX_ROWS, TEXT_ROWS, live_mask
 from ..passes.graph_queries import import_graph
@@ -72,7 +73,7 @@ def mask_layout(visual: np.ndarray) -> dict[str, int]:
 
 def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visual_rows: int, batch: int = 1,
                 suffix_rows: int | None = None, dims: dict[str, int] | None = None,
-                source: str | None = None) -> FlopsReport:
+                source: str | None = None, plan: Plan | None = None) -> FlopsReport:
     """Count the matrix-product FLOPs of one prefill of ``model``.
 
     The prompt is ``sequence_length`` rows: a text prefix, one contiguous block of
@@ -84,7 +85,10 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
     from (the report's ``source``; a path names itself).
 
     A compiled graph's recorded plan labels the report (``plan``); a damaged record is
-    refused (:func:`vskip_compile.core.graph_io.recorded_plan`).
+    refused (:func:`vskip_compile.core.graph_io.recorded_plan`). A routable graph
+    (``vskip-compile --routable``) computes what the plan it is fed says: ``plan`` is then
+    required, and each layer's row inputs count the rows that plan feeds it (every row,
+    the text rows or the suffix, as :func:`vskip_compile.core.routing.routing_feeds`).
     """
     S, V, B = int(sequence_length), int(visual_rows), int(batch)
     if S < 1 or B < 1:
@@ -101,13 +105,30 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
         raise FlopsError(f"{source or 'the graph'} was compiled with --causal-blocks, whose query chunks the FLOPs "
                          "counter does not count yet; count the graph compiled without it (the same products, "
                          "less the chunks' skipped keys)")
+    routable = recorded_routable(model, source or "graph")
+    routed: dict[str, int] = {}
+    if routable is not None:
+        if plan is None:
+            raise FlopsError(f"{source or 'the graph'} is routable: its FLOPs are those of the plan it is fed; pass "
+                             "the plan (vskip flops --plan PLAN.json)")
+        if plan.num_layers != routable["num_layers"]:
+            raise FlopsError(f"the plan has {plan.num_layers} layers but the routable graph has "
+                             f"{routable['num_layers']}")
+        counts = {Rows.ALL: S, Rows.TEXT: S - V, Rows.SUFFIX: U}
+        for layer in range(plan.num_layers):
+            attention, ffn = plan.live_rows(layer)
+            routed[attention_rows_input(layer)] = counts[attention]
+            routed[ffn_rows_input(layer)] = counts[ffn]
+    elif plan is not None:
+        raise FlopsError(f"{source or 'the graph'} is not routable: a static graph computes the plan it was compiled "
+                         "with (recorded in it); drop the plan")
     if any(hidden_state_layer(o.name) is not None for o in model.graph.output):
         # The last layer's FFN, read by an output, would pass for the LM head.
         raise FlopsError(f"{source or 'the graph'} outputs per-layer hidden states (vskip-compile --hidden-states), "
                          "which the FLOPs counter cannot tell from the LM head; count the graph compiled without "
                          "--hidden-states (the same products)")
     stripped = _shapes_only(model)
-    _fix_input_dims(stripped, B, S, V, U, dims or {})
+    _fix_input_dims(stripped, B, S, V, U, dims or {}, routed)
     graph = import_graph(stripped)
     graph.toposort()
     _refuse_unknown_matrix_ops(stripped.graph)
@@ -116,7 +137,7 @@ def count_flops(model: onnx.ModelProto | str | Path, sequence_length: int, visua
     live = {S - V, U}  # row counts of the row subsets a compiled graph computes on
     layers = [LayerFlops(i) for i in range(1 + max((r[0] for r in roles.values() if r[0] is not None),
                                                      default=-1))]
-    plan = recorded_plan(model, source or "graph")
+    plan = plan if routable is not None else recorded_plan(model, source or "graph")
     report = FlopsReport(S, V, S - V - U, U, B, layers, plan=None if plan is None else [a.value for a in plan.actions],
                          source=source)
     for node in graph.nodes:
@@ -185,8 +206,10 @@ def _shapes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _fix_input_dims(model: onnx.ModelProto, B: int, S: int, V: int, U: int, dims: dict[str, int]) -> None:
-    """Replace every symbolic graph-input dim by its value for this layout."""
+def _fix_input_dims(model: onnx.ModelProto, B: int, S: int, V: int, U: int, dims: dict[str, int],
+                    routed: dict[str, int] | None = None) -> None:
+    """Replace every symbolic graph-input dim by its value for this layout (``routed``: a
+    routable graph's row inputs and the rows each is fed)."""
     values = {_VISUAL_DIM: V, **{k: int(v) for k, v in dims.items()}}
     inputs = [i for i in model.graph.input if i.type.HasField("tensor_type")]
     # Batch and sequence: axes 0 and 1 of the stream input, a [batch, sequence, hidden] float
@@ -205,7 +228,7 @@ def _fix_input_dims(model: onnx.ModelProto, B: int, S: int, V: int, U: int, dims
                 raise FlopsError(f"input {stream.name!r} has a fixed {what} of {dim.dim_value}, not {value}")
         elif dim.dim_param:
             values.setdefault(dim.dim_param, value)
-    row_counts = {TEXT_ROWS: S - V, SUFFIX_ROWS: U}
+    row_counts = {TEXT_ROWS: S - V, SUFFIX_ROWS: U, **(routed or {})}
     unknown = set()
     for tensor in inputs:
         for axis, dim in enumerate(tensor.type.tensor_type.shape.dim):
