@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vskip_compile.core.dtypes import numpy_dtype
 from vskip_compile.core.errors import VskipError
 from vskip_compile.core.files import (
     MAX_JSON_BYTES,
@@ -143,7 +144,7 @@ def inspect_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> Check
 
     files = weight_files(path)
     tensors = read_headers(files)
-    width = LOAD_WIDTH[dtype]
+    width = numpy_dtype(dtype).itemsize  # a floating tensor's bytes once loaded
     check_memory(sum(t.numel * (width if DTYPES[t.dtype][1] == "float" else DTYPES[t.dtype][0])
                      for t in tensors.values()), path, f"its {len(tensors)} tensors", dtype)
     if (path / "generation_config.json").exists():  # from_pretrained reads it too
@@ -482,10 +483,6 @@ def _ignored_unexpected(model) -> set[str]:
 def _patterns(patterns) -> re.Pattern | None:
     patterns = list(patterns)
     return re.compile("|".join(f"({p})" for p in patterns)) if patterns else None
-
-
-#: Bytes per element of a floating tensor loaded in each sidecar dtype.
-LOAD_WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def model_bytes(model, width: int = 4) -> int:

@@ -48,8 +48,8 @@ def main(argv=None) -> int:
 
     from vskip_compile.models.families.tiny import perturb_constant_parameters
 
-    text = dict(dict(tie_word_embeddings=True), **PRESETS[args.preset], max_position_embeddings=32768,
-                bos_token_id=151643, eos_token_id=151645)
+    text = {"tie_word_embeddings": True, **PRESETS[args.preset], "max_position_embeddings": 32768,
+            "bos_token_id": 151643, "eos_token_id": 151645}
     if args.layers:
         text["num_hidden_layers"] = args.layers
     config = Qwen2VLConfig(

@@ -44,6 +44,7 @@ from .core.errors import VskipError
 from .core.plan import Action, Plan
 
 OPTIONS = (Action.SKIP_ATTENTION, Action.SKIP_FFN, Action.FREEZE)
+DEFAULT_SAMPLES = 20  # V-Skip's few-shot count
 METHODS = ("vskip", "operators")
 
 
@@ -365,16 +366,17 @@ def heatmap_png(result: Calibration, title: str) -> bytes:
 
 
 def calibrate_checkpoint(source: str, task: str, samples: int, method: str, *, seed: int = 0,
-                         batch_size: int = 32, progress: Callable[[str], None] | None = None,
+                         batch_size: int | None = None, progress: Callable[[str], None] | None = None,
                          **choice) -> tuple[Calibration, dict]:
     """:func:`calibrate` on ``samples`` validation samples of the testbed task's question
     type ``task`` (``all``: every type, for one shared plan), for the checkpoint SOURCE in
     PyTorch. Returns the calibration and what was calibrated (model, task, samples)."""
-    from .evaluate import _checkpoint_side, check_counts, prepare
+    from .evaluate import DEFAULT_BATCH, _checkpoint_side, check_counts, prepare
     from .testbed.tasks import QUESTION_TYPES, samples as draw
 
     if task != "all" and task not in QUESTION_TYPES:
         raise VskipError(f"unknown task {task!r}: choose a question type ({', '.join(QUESTION_TYPES)}) or all")
+    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
     check_counts(samples, batch_size)
     answers, dims, processor, image_token, family, layers, name = _checkpoint_side(source, None)
     loaded = answers["vanilla"].loaded

@@ -898,7 +898,8 @@ class Calibrate(Command):
     name = "calibrate"
 
     def add_arguments(self, parser):
-        from .calibrate import METHODS
+        from .calibrate import DEFAULT_SAMPLES, METHODS
+        from .evaluate import DEFAULT_BATCH
 
         parser.add_argument("model", metavar="MODEL", help="a checkpoint directory, or testbed:vqa")
         parser.add_argument("--task", help="a question type of the testbed task, or all")
@@ -906,21 +907,22 @@ class Calibrate(Command):
                             help="instead of --task: the model's own samples, one batch per file (its inputs under "
                                  "transformers' names and answer_ids); repeat for several")
         parser.add_argument("--samples", type=int, metavar="N",
-                            help="with --task: calibration samples (default 20, as V-Skip)")
+                            help=f"with --task: calibration samples (default {DEFAULT_SAMPLES}, as V-Skip)")
         parser.add_argument("--method", default="vskip", choices=METHODS, help="vskip (default) or operators")
         parser.add_argument("--layers", type=int, metavar="N", help="vskip: skip visual attention in N layers")
         parser.add_argument("--retention", type=float, metavar="R",
                             help="the share of vanilla accuracy the plan must keep on the samples, e.g. 0.99")
         parser.add_argument("--flops-cut", type=float, metavar="C", help="operators: the FLOPs cut to reach, e.g. 0.3")
         parser.add_argument("--seed", type=int, help="with --task: the samples' seed (default 0)")
-        parser.add_argument("--batch-size", type=int, metavar="B", help="with --task: prompts per batch (default 32)")
+        parser.add_argument("--batch-size", type=int, metavar="B",
+                            help=f"with --task: prompts per batch (default {DEFAULT_BATCH})")
         parser.add_argument("-o", "--output", required=True, metavar="PLAN.json", help="where the plan goes")
         parser.add_argument("--heatmap", metavar="PNG", help="write the gains as a heatmap (needs matplotlib)")
         add_json(parser, "the gains, the choice and its steps")
         add_force(parser, "the plan, --heatmap and --json files")
 
     def run(self, args):
-        from .calibrate import calibrate_checkpoint, calibrate_data, heatmap_png
+        from .calibrate import DEFAULT_SAMPLES, calibrate_checkpoint, calibrate_data, heatmap_png
         from .core.plan import to_json
 
         if (args.task is None) == (not args.data):
@@ -950,10 +952,10 @@ class Calibrate(Command):
             result, what = calibrate_data(args.model, args.data, args.method, progress=say, **choice)
             on = f"--data ({result.samples} samples in {len(args.data)} files)"
         else:
-            samples = 20 if args.samples is None else args.samples
+            samples = DEFAULT_SAMPLES if args.samples is None else args.samples
             result, what = calibrate_checkpoint(args.model, args.task, samples, args.method,
-                                                seed=args.seed or 0, batch_size=args.batch_size or 32,
-                                                progress=say, **choice)
+                                                seed=0 if args.seed is None else args.seed,
+                                                batch_size=args.batch_size, progress=say, **choice)
             on = f"--task {args.task} on {samples} validation samples"
         report.table(result.table())
         description = (f"vskip calibrate --method {args.method} {on}: accuracy {result.accuracy:.3f} of vanilla "

@@ -114,5 +114,8 @@ def test_refusals(testbed_export, plans, tmp_path, capsys):
     assert main(["calibrate", VQA, "--task", "digit", "--samples", "0", "--layers", "1", "-o",
                  str(tmp_path / "p.json")]) == 2 and not (tmp_path / "p.json").exists()
     assert "--samples must be in 1-100000" in capsys.readouterr().err
+    assert main(["calibrate", VQA, "--task", "digit", "--batch-size", "0", "--layers", "1", "-o",
+                 str(tmp_path / "p.json")]) == 2 and not (tmp_path / "p.json").exists()
+    assert "--batch-size in 1-4096" in capsys.readouterr().err  # an explicit 0 is refused, not replaced
     only = _eval(tmp_path, VQA, "--type", "digit", "--plan", plans["late"])
     assert set(only["question_types"]) == {"digit", "all"} and len(only["answers"]) == int(SAMPLES)

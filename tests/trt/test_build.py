@@ -353,7 +353,7 @@ def test_generate_engines_need_the_trt_backend(exported, capsys):
 def test_a_decode_engine_refuses_a_context_past_its_profile(exported, capsys):
     decode = exported("qwen2_vl", 20, decode=True) / "decode.onnx"
     plan = build.plan_build(decode, LIMITS)
-    assert plan.decode and plan.bounds() == "batch <= 3, new_tokens <= 1, past_sequence <= 95, context <= 96"
+    assert plan.bounds() == "batch <= 3, new_tokens <= 1, past_sequence <= 95, context <= 96"
     info = build.parse_engine_record(build.engine_record(plan, decode.with_suffix(".engine"), "10.9.0", "0.49",
                                                          "0" * 64, {}), "decode.engine.json", "decode.engine")
     feeds = _decode_feeds({p.name: p for p in plan.profiles}, 2, np.random.default_rng(0))

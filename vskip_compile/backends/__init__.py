@@ -49,7 +49,7 @@ def engine_options(backend: Backend, graph: str | Path, engines: bool) -> dict:
 
 def check_engines(backends, engines: bool) -> None:
     """``--engines`` needs the trt backend among ``backends`` (names)."""
-    if engines and TENSORRT.name not in backends:
+    if engines and TENSORRT.name not in ([backends] if isinstance(backends, str) else list(backends)):
         raise VskipError("--engines runs prebuilt TensorRT engines: it goes with --backend trt")
 
 

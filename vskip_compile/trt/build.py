@@ -40,7 +40,7 @@ from ..core.errors import VskipError
 from ..core.files import (MAX_GRAPH_BYTES, MAX_JSON_BYTES, Outputs, escape, input_file, one_line, open_input,
                           read_bytes, read_json)
 from ..core.sidecar import sidecar_path
-from .profiles import PAST, InputAxes, InputProfile, ProfileLimits, derive_profiles, graph_axes, profiles_to_dict
+from .profiles import InputAxes, InputProfile, ProfileLimits, derive_profiles, graph_axes, profiles_to_dict
 
 ENGINE_FORMAT = "vskip-engine"
 ENGINE_VERSION = 1
@@ -107,11 +107,6 @@ class BuildPlan:
     dtype: str
     plan: dict | None                # the plan the graph records (vskip's format), None for a vanilla graph
     row_inputs: list[str] = field(default_factory=list)
-
-    @property
-    def decode(self) -> bool:
-        """Whether this is a decode graph (one new token per step on a K/V cache)."""
-        return any(PAST in a.axes for a in self.axes)
 
     def bounds(self) -> str:
         """What the engine will serve, in words."""
